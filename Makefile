@@ -1,0 +1,31 @@
+# The single entry point: `make install`, `make demo`, `make test`, `make bench`, `make lint`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.cnnlab-installed
+
+.PHONY: install demo test bench lint clean
+
+install: $(STAMP)
+
+# Re-install only when the package metadata changes; the editable install picks up code edits.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/cnnlab demo
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) benchmarks/augment.py
+
+lint: install
+	$(VENV)/bin/ruff check cnnlab tests benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build dist *.egg-info

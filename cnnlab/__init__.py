@@ -1,0 +1,35 @@
+"""cnnlab: convolutional neural networks as a ConvNets course teaches them.
+
+The public API is re-exported here lazily, so `import cnnlab` (and `cnnlab --help`) stays fast and
+torch is imported only when a name that needs it is used:
+
+    >>> import cnnlab
+    >>> model = cnnlab.create_model("resnet18", num_classes=10, in_channels=1)
+    >>> print(cnnlab.summary(model, (1, 28, 28)))
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from cnnlab.version import __version__
+
+# public name -> module that defines it
+_EXPORTS = {
+    "create_model": "cnnlab.models",
+    "list_models": "cnnlab.models",
+    "model_info": "cnnlab.models",
+    "resolve_model": "cnnlab.models",
+    "summary": "cnnlab.inspect",
+    "Summary": "cnnlab.inspect",
+    "CnnlabError": "cnnlab.errors",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'cnnlab' has no attribute {name!r}")
