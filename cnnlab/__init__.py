@@ -21,8 +21,15 @@ _EXPORTS = {
     "list_models": "cnnlab.models",
     "model_info": "cnnlab.models",
     "resolve_model": "cnnlab.models",
+    "build_spec": "cnnlab.models.spec",
+    "parse_spec": "cnnlab.models.spec",
+    "LocallyConnected2d": "cnnlab.layers",
     "summary": "cnnlab.inspect",
     "Summary": "cnnlab.inspect",
+    "load_dataset": "cnnlab.data",
+    "list_datasets": "cnnlab.data",
+    "to_float": "cnnlab.data",
+    "Dataset": "cnnlab.data",
     "CnnlabError": "cnnlab.errors",
 }
 

@@ -6,18 +6,22 @@ Importing this package imports every family file so that its builders register t
 from __future__ import annotations
 
 import importlib
+import inspect
 
+from cnnlab.errors import CnnlabError
 from cnnlab.models._base import ConvNet
-from cnnlab.models._registry import ModelInfo, create_model, is_model_name, list_models, model_info, register_model
+from cnnlab.models._registry import (
+    ModelInfo,
+    create_model,
+    is_model_name,
+    list_models,
+    model_info,
+    register_model,
+)
 
-# Family files; each registers its builders on import. Order is the order of `cnnlab models`.
-_FAMILIES = ["simple", "lenet", "alexnet", "vgg", "resnet", "googlenet", "resnet_cifar"]
-for _family in _FAMILIES:
-    try:
-        importlib.import_module(f"cnnlab.models.{_family}")
-    except ModuleNotFoundError as _e:  # a family not written yet must not break the others
-        if _e.name != f"cnnlab.models.{_family}":
-            raise
+# Family files register their builders on import; this order is the order of `cnnlab models`.
+for _family in ("simple", "lenet", "alexnet", "vgg", "resnet", "googlenet", "resnet_cifar"):
+    importlib.import_module(f"cnnlab.models.{_family}")
 
 __all__ = [
     "ConvNet",
@@ -35,17 +39,24 @@ def resolve_model(
     text: str,
     input_size: tuple[int, int, int] | None = None,
     num_classes: int | None = None,
+    **options,
 ):
     """A registered model name or a spec in the lecture's notation -> `(model, input_size)`.
 
-    For a registered name, `input_size` defaults to the model's and its channel count is passed on as
-    `in_channels`; a spec needs `input_size` (its fc layers depend on the spatial size).
+    For a registered name, `input_size` defaults to the model's; its channel count is passed on as
+    `in_channels`, and its (H, W) as `input_size` to builders whose fc layers depend on the image size
+    (simple_cnn, vgg_like, lenet5). A spec needs `input_size` for the same reason (default 1x28x28).
+    `options` go to the registered builder (a spec takes none).
     """
     text = text.strip()
     if is_model_name(text):
         info = model_info(text)
         size = tuple(input_size) if input_size is not None else info.input_size
-        return create_model(text, num_classes=num_classes, in_channels=size[0]), size
+        if "input_size" in inspect.signature(info.builder).parameters and "input_size" not in options:
+            options["input_size"] = tuple(size[1:])
+        return create_model(text, num_classes=num_classes, in_channels=size[0], **options), size
+    if options:
+        raise CnnlabError(f"options {sorted(options)} apply to registered models, not to a spec like '{text}'")
     from cnnlab.models.spec import build_spec  # noqa: PLC0415 - only specs need the parser
 
     size = tuple(input_size) if input_size is not None else (1, 28, 28)

@@ -1,0 +1,34 @@
+"""Data augmentation as batched tensor operations with per-sample randomness.
+
+    >>> from cnnlab.augment import parse_pipeline
+    >>> pipeline = parse_pipeline("lecture")        # flip,crop:4,scale:0.8-1.2,exposure:0.3,saturation:0.3
+    >>> g = torch.Generator().manual_seed(0)
+    >>> y = pipeline(x, g)                          # x: (N, C, H, W) float in [0, 1], CPU or CUDA
+
+Operations (`cnnlab augment --list`): flip, vflip, crop, translate, scale, resized_crop, exposure,
+contrast, saturation, erase. Build pipelines from Python too: `Pipeline([Flip(), Crop(pad=4)])`.
+"""
+
+from cnnlab.augment.adapters import PerSample, augment_batches, to_unit_float
+from cnnlab.augment.grid import augment_grid, preview, save_picture
+from cnnlab.augment.ops import (
+    OPS,
+    Contrast,
+    Crop,
+    Erase,
+    Exposure,
+    Flip,
+    Op,
+    ResizedCrop,
+    Saturation,
+    Scale,
+    Translate,
+    VFlip,
+)
+from cnnlab.augment.pipeline import PRESETS, Pipeline, describe_ops, parse_pipeline
+
+__all__ = [
+    "OPS", "PRESETS", "Contrast", "Crop", "Erase", "Exposure", "Flip", "Op", "PerSample", "Pipeline",
+    "ResizedCrop", "Saturation", "Scale", "Translate", "VFlip", "augment_batches", "augment_grid",
+    "describe_ops", "parse_pipeline", "preview", "save_picture", "to_unit_float",
+]

@@ -1,0 +1,102 @@
+"""The picture of what a pipeline does: originals in the first column, augmented copies to the right.
+
+    preview("fashion-mnist", "lecture", "grid.png", n=8, copies=7, seed=0)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from cnnlab.augment.pipeline import Pipeline, parse_pipeline
+from cnnlab.errors import CnnlabError
+
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+_BACKGROUND = 255  # white between cells
+_MIN_CELL = 96  # pixels: small images (28x28) are enlarged by an integer factor to at least this
+
+
+def augment_grid(images: Tensor, augment: str | Pipeline, copies: int = 7,
+                 generator: torch.Generator | None = None) -> np.ndarray:
+    """images: (n, C, H, W) float in [0, 1] -> an RGB picture, uint8 array (rows, cols, 3): row i is
+    image i, then `copies` independent augmentations of it (one pipeline call on n * copies images)."""
+    pipeline = parse_pipeline(augment)
+    if copies < 1:
+        raise CnnlabError(f"copies={copies} must be >= 1")
+    n, c, h, w = images.shape
+    augmented = pipeline(images.repeat_interleave(copies, dim=0), generator)  # (n*copies, C, H', W')
+    ah, aw = augmented.shape[2:]
+    cell_h, cell_w = max(h, ah), max(w, aw)
+    zoom = max(1, math.ceil(_MIN_CELL / max(cell_h, cell_w)))
+    gap, sep = 2, 8  # pixels between cells; after the originals' column
+
+    def cell(img: Tensor) -> np.ndarray:
+        """(C, h, w) float -> (cell_h*zoom, cell_w*zoom, 3) uint8, image centred on the background."""
+        a = (img.float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+        a = np.repeat(a, 3, axis=2) if a.shape[2] == 1 else a[:, :, :3]
+        out = np.full((cell_h, cell_w, 3), _BACKGROUND, np.uint8)
+        top, left = (cell_h - a.shape[0]) // 2, (cell_w - a.shape[1]) // 2
+        out[top:top + a.shape[0], left:left + a.shape[1]] = a
+        return out.repeat(zoom, axis=0).repeat(zoom, axis=1)
+
+    ch, cw = cell_h * zoom, cell_w * zoom
+    height = n * ch + (n + 1) * gap
+    width = (copies + 1) * cw + (copies + 2) * gap + sep
+    picture = np.full((height, width, 3), _BACKGROUND, np.uint8)
+    augmented = augmented.cpu().view(n, copies, c, ah, aw)
+    for i in range(n):
+        y = gap + i * (ch + gap)
+        picture[y:y + ch, gap:gap + cw] = cell(images[i].cpu())
+        for k in range(copies):
+            x = 2 * gap + sep + (k + 1) * cw + k * gap
+            picture[y:y + ch, x:x + cw] = cell(augmented[i, k])
+    return picture
+
+
+def check_out_path(out: str | Path) -> Path:
+    """Refuse an output whose folder does not exist or whose suffix is not an image type, before work."""
+    out = Path(out)
+    if out.suffix.lower() not in _IMAGE_SUFFIXES:
+        raise CnnlabError(f"--out {str(out)!r} must end in one of {', '.join(_IMAGE_SUFFIXES)} (e.g. grid.png)")
+    if not out.parent.is_dir():
+        raise CnnlabError(f"--out {str(out)!r}: folder {str(out.parent)!r} does not exist; create it first")
+    return out
+
+
+def save_picture(picture: np.ndarray, out: str | Path) -> Path:
+    """Write an (rows, cols, 3) uint8 array as an image, atomically (temporary file, then rename)."""
+    from PIL import Image  # noqa: PLC0415 - only needed here
+
+    out = check_out_path(out)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=out.suffix, dir=out.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            Image.fromarray(picture).save(f, format=Image.registered_extensions()[out.suffix.lower()])
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out
+
+
+def preview(data: str, augment: str | Pipeline, out: str | Path, *, n: int = 8, copies: int = 7,
+            seed: int = 0, data_dir: str | Path | None = None) -> Path:
+    """Save a grid of the first `n` training images of dataset `data` (first column) and `copies`
+    augmentations of each under `augment` (seeded by `seed`) to `out`; returns the path."""
+    pipeline = parse_pipeline(augment)  # bad input fails here, before the data is loaded
+    out = check_out_path(out)
+    if not 1 <= n <= 256 or not 1 <= copies <= 64:
+        raise CnnlabError(f"n={n} must be in 1..256 and copies={copies} in 1..64")
+    from cnnlab.data import load_dataset  # noqa: PLC0415 - the data engineer's module
+
+    dataset = load_dataset(data, data_dir=data_dir)
+    pipeline.output_size(tuple(dataset.input_size))  # type: ignore[arg-type]
+    images, _ = next(iter(dataset.train.batches(n)))  # uint8 (n, C, H, W)
+    generator = torch.Generator().manual_seed(seed)
+    return save_picture(augment_grid(images.float() / 255, pipeline, copies, generator), out)

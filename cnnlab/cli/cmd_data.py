@@ -1,0 +1,67 @@
+"""`cnnlab data list [--json]` and `cnnlab data get NAME [--download]`: which datasets exist, where they
+are, and fetching one explicitly."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+ORDER = 30
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("data", help="list datasets and where they are; fetch one (cnnlab data list|get)")
+    dsub = p.add_subparsers(dest="data_command", metavar="ACTION", parser_class=type(p))
+    lp = dsub.add_parser("list", help="every dataset: classes, image size, train/test counts, where it is")
+    lp.add_argument("--json", action="store_true", help="machine-readable output")
+    lp.add_argument("--data-dir", default=None, help="search this folder first")
+    gp = dsub.add_parser("get", help="find (or with --download fetch) a dataset and show what was loaded")
+    gp.add_argument("name", help="a dataset name (see `cnnlab data list`) or imagefolder:PATH")
+    gp.add_argument("--download", action="store_true", help="download from the official URLs if not found")
+    gp.add_argument("--data-dir", default=None, help="search this folder first; downloads go here")
+    gp.add_argument("--image-size", type=int, default=None, help="resize to this many pixels (shorter side)")
+    gp.add_argument("--strict", action="store_true", help="imagefolder: stop at the first unreadable file")
+    p.set_defaults(func=run, _data_parser=p)
+    return p
+
+
+def _progress(name: str, got: int, total: int | None) -> None:
+    pct = f" {100 * got / total:5.1f}%" if total else ""
+    sys.stderr.write(f"\r  {name}: {got / 1e6:8.1f} MB{pct}")
+    if total and got >= total:
+        sys.stderr.write("\n")
+
+
+def run(args: argparse.Namespace) -> int:
+    from cnnlab.data import dataset_names, fetch_dataset, find_dataset, list_datasets, load_dataset  # noqa: PLC0415 - keep --help fast
+
+    if args.data_command is None:
+        args._data_parser.print_help()
+        return 2
+    if args.data_command == "list":
+        infos = list_datasets(args.data_dir)
+        if args.json:
+            print(json.dumps([i.to_dict() for i in infos], indent=2))
+            return 0
+        print(f"{'name':<14} {'classes':>7} {'size':>8} {'train':>7} {'test':>7}  where")
+        for i in infos:
+            size = "x".join(map(str, i.input_size))
+            where = i.location if i.found else f"not found; get it: {i.how_to_get}"
+            print(f"{i.name:<14} {i.num_classes:>7} {size:>8} {i.train_count:>7,} {i.test_count:>7,}  {where}")
+        print("also: imagefolder:PATH (one sub-folder per class; train/ and test/ sub-folders if split)")
+        return 0
+    if args.download and args.name in dataset_names() and args.name != "digits":
+        if find_dataset(args.name, args.data_dir) is None:  # fetch explicitly, to show progress
+            folder = fetch_dataset(args.name, args.data_dir, progress=_progress)
+            print(f"downloaded {args.name} to {folder}")
+    ds = load_dataset(args.name, data_dir=args.data_dir, download=args.download, image_size=args.image_size,
+                      strict=args.strict)
+    c, h, w = ds.input_size
+    print(f"{ds.name}: {len(ds.classes)} classes, {c}x{h}x{w}, train {len(ds.train):,}, test {len(ds.test):,}")
+    print(f"  source: {ds.source}")
+    print(f"  mean: {', '.join(f'{m:.4f}' for m in ds.mean)}   std: {', '.join(f'{s:.4f}' for s in ds.std)}")
+    if ds.skipped:
+        print(f"  skipped {len(ds.skipped)} unreadable files (listed on stderr)")
+    return 0
+

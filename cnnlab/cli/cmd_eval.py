@@ -1,0 +1,29 @@
+"""`cnnlab eval RUN`: accuracy, per-class accuracy and the confusion matrix of a trained run."""
+
+from __future__ import annotations
+
+import argparse
+
+ORDER = 41
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("eval", help="evaluate a trained run: accuracy, per-class accuracy, confusion matrix",
+                       description=__doc__)
+    p.add_argument("run", metavar="RUN", help="run directory written by `cnnlab train`")
+    p.add_argument("--data", help="dataset name to evaluate on (default: the run's own)")
+    p.add_argument("--data-dir", help="folder holding the dataset's files")
+    p.add_argument("--split", default="test", choices=("test", "train", "val"), help="which split (default test)")
+    p.add_argument("--weights", default="best", choices=("best", "last"), help="which weights (default best)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from cnnlab.train.evaluate import evaluate  # noqa: PLC0415
+
+    result = evaluate(args.run, args.data, which=args.weights, split=args.split, data_dir=args.data_dir,
+                      device=args.device)
+    print(result.table())
+    return 0

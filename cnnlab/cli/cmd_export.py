@@ -1,0 +1,27 @@
+"""`cnnlab export RUN --format onnx|torchscript`: a deployable model (input: float images in [0, 1])."""
+
+from __future__ import annotations
+
+import argparse
+
+ORDER = 43
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("export", help="export a trained run to ONNX or TorchScript (normalisation included)",
+                       description=__doc__)
+    p.add_argument("run", metavar="RUN", help="run directory written by `cnnlab train`")
+    p.add_argument("--format", default="onnx", help="onnx (default) or torchscript")
+    p.add_argument("--out", help="output file (default RUN/export/<weights>.onnx or .pt)")
+    p.add_argument("--weights", default="best", choices=("best", "last"), help="which weights (default best)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from cnnlab.train.export import export  # noqa: PLC0415
+
+    path = export(args.run, args.format, args.out, which=args.weights, opset=args.opset)
+    print(f"wrote {path} (input: float32 images (N, C, H, W) in [0, 1]; output: logits) and {path}.json")
+    return 0

@@ -1,0 +1,46 @@
+"""`cnnlab summary MODEL|SPEC --input CxHxW`: the layer table with shapes, parameters, MACs, receptive fields."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+
+from cnnlab.errors import CnnlabError
+
+ORDER = 10
+
+
+def parse_size(text: str) -> tuple[int, int, int]:
+    """'3x224x224' -> (3, 224, 224)."""
+    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*[xX]\s*(\d+)\s*", text or "")
+    if not m or min(int(g) for g in m.groups()) < 1:
+        raise CnnlabError(f"--input must be CxHxW with positive integers, e.g. 3x224x224; got '{text}'")
+    return int(m[1]), int(m[2]), int(m[3])
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "summary",
+        help="layer table: output shapes, parameters, MACs, receptive fields",
+        description="Print a model's layers with output shape, parameters, MACs, receptive field and jump "
+        "(input pixels). MODEL is a registered name (`cnnlab models`) or a spec in the lecture's notation, "
+        "e.g. \"conv3x3-32 maxpool2 conv3x3-64 maxpool2 fc10\".",
+    )
+    p.add_argument("model", metavar="MODEL|SPEC", help="registered model name or spec (quote it)")
+    p.add_argument("--input", metavar="CxHxW", help="input size; default: the model's own (specs: 1x28x28)")
+    p.add_argument("--num-classes", type=int, metavar="N", help="classifier outputs (default: the model's)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    size = parse_size(args.input) if args.input is not None else None
+    if args.num_classes is not None and args.num_classes < 1:
+        raise CnnlabError(f"--num-classes must be a positive integer, got {args.num_classes}")
+    from cnnlab.inspect import summary  # noqa: PLC0415 - keep `cnnlab --help` fast
+
+    result = summary(args.model, size, num_classes=args.num_classes)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else result)
+    return 0

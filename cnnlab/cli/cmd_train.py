@@ -1,0 +1,129 @@
+"""`cnnlab train`: train a model on a dataset and write a run directory (calls `cnnlab.train.train`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+ORDER = 40
+
+EPILOG = """examples:
+  cnnlab train --model simple_cnn --data fashion-mnist --epochs 2
+  cnnlab train --recipe fashion-mnist                      # the best known setup for the dataset
+  cnnlab train --model "conv3x3-32 maxpool2 fc10" --data mnist --optimizer sgd --lr 0.05
+  cnnlab train --config run.toml --epochs 20               # a TOML file of options; flags still win
+  cnnlab train --resume runs/simple_cnn-fashion-mnist-20261128-101500
+  cnnlab train --nproc 2 --model resnet20 --data cifar10   # DDP on this machine (or run under torchrun)
+"""
+
+
+def _model_option(text: str) -> tuple[str, object]:
+    import ast  # noqa: PLC0415
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE such as width=16, got '{text}'")
+    try:
+        return key.strip(), ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key.strip(), value  # a bare word stays a string (e.g. head=gap)
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("train", help="train a model and write a run directory (weights, metrics, curves)",
+                       description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = p.add_argument
+    g = p.add_argument_group("what to train")
+    g.add_argument("--model", help="registered name (`cnnlab models`) or spec; default simple_cnn")
+    g.add_argument("--model-option", dest="extra", action="append", type=_model_option, metavar="KEY=VALUE",
+                   help="builder option of a registered model, e.g. --model-option width=16 (repeatable)")
+    g.add_argument("--data", help="dataset name (`cnnlab data list`); default fashion-mnist")
+    g.add_argument("--data-dir", help="folder holding the dataset's files")
+    g.add_argument("--image-size", type=int, help="resize images to this side, in pixels")
+    g.add_argument("--val-fraction", type=float, help="hold out this share of train to pick the best epoch on")
+    g.add_argument("--recipe", help="start from a named recipe (see --list-recipes)")
+    g.add_argument("--config", help="TOML file of options (flags given here still win)")
+    g.add_argument("--resume", metavar="RUN", help="continue the run in this directory from its last checkpoint")
+    h = p.add_argument_group("how to train")
+    h.add_argument("--epochs", type=int)
+    h.add_argument("--batch-size", type=int, help="global batch (split across processes); default 128")
+    h.add_argument("--eval-batch-size", type=int)
+    h.add_argument("--optimizer", help="sgd, adam or adamw (default)")
+    h.add_argument("--lr", type=float, help="peak learning rate (default: 1e-3 adam/adamw, 0.05 sgd)")
+    h.add_argument("--momentum", type=float, help="SGD momentum or Adam beta1 (default 0.9)")
+    h.add_argument("--weight-decay", type=float)
+    h.add_argument("--schedule", help="onecycle (default), cosine, step or constant")
+    h.add_argument("--warmup", type=float, help="epochs of linear warm-up")
+    h.add_argument("--label-smoothing", type=float)
+    h.add_argument("--grad-clip", type=float, help="clip the gradient norm to this value")
+    h.add_argument("--dropout", type=float, help="dropout probability, for models that have dropout")
+    h.add_argument("--augment", help='augmentation pipeline, e.g. "flip,crop:4" (`cnnlab augment --help`)')
+    h.add_argument("--seed", type=int)
+    s = p.add_argument_group("speed and output")
+    s.add_argument("--precision", help="auto (default: bf16 where supported), fp32, bf16, fp16")
+    s.add_argument("--device", help="auto (default), cpu or cuda")
+    s.add_argument("--channels-last", dest="channels_last", action=argparse.BooleanOptionalAction, default=None,
+                   help="NHWC memory layout (default on)")
+    s.add_argument("--compile", action="store_const", const=True, default=None, help="torch.compile the model")
+    s.add_argument("--out", help="run directory (default runs/<model>-<data>-<time>)")
+    s.add_argument("--checkpoint-every", type=int, help="also checkpoint every N steps")
+    s.add_argument("--keep-checkpoints", type=int)
+    s.add_argument("--nproc", type=int, default=1, help="processes on this machine (DDP through torchrun)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar: one line per epoch (for logs)")
+    a("--list-recipes", action="store_true", help="list the named recipes and exit")
+    p.set_defaults(func=run)
+    return p
+
+
+OPTION_NAMES = ("model", "data", "data_dir", "image_size", "val_fraction", "epochs", "batch_size", "eval_batch_size",
+                "optimizer", "lr", "momentum", "weight_decay", "schedule", "warmup", "label_smoothing", "grad_clip",
+                "dropout", "augment", "seed", "precision", "device", "channels_last", "compile", "out",
+                "checkpoint_every", "keep_checkpoints")
+
+
+def run(args: argparse.Namespace) -> int:
+    from cnnlab.errors import CnnlabError  # noqa: PLC0415
+
+    if args.list_recipes:
+        from cnnlab.train.recipes import describe_recipes  # noqa: PLC0415
+
+        print(describe_recipes())
+        return 0
+    options = {name: getattr(args, name) for name in OPTION_NAMES}
+    if args.extra:
+        options["extra"] = dict(args.extra)
+    if args.nproc != 1:
+        from cnnlab.train import distributed, resolve_config  # noqa: PLC0415
+
+        if args.nproc < 1:
+            raise CnnlabError(f"--nproc must be a positive integer, got {args.nproc}")
+        resolve_config(options, recipe=args.recipe, config_file=args.config, resume=args.resume).resolved()
+        argv = _without_nproc(sys.argv[1:])
+        return distributed.launch(args.nproc, argv)
+
+    from cnnlab.train import NonFiniteLossError, TrainingInterrupted, train  # noqa: PLC0415
+
+    try:
+        train(recipe=args.recipe, config=args.config, resume=args.resume, quiet=args.quiet, **options)
+    except NonFiniteLossError as e:
+        sys.stderr.write(f"cnnlab train: error: {e}\n")
+        return 1
+    except TrainingInterrupted as e:
+        sys.stderr.write(f"cnnlab train: {e}\n")
+        return 128 + int(e.signum)
+    return 0
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == "--nproc":
+            skip = True
+            continue
+        if a.startswith("--nproc="):
+            continue
+        out.append(a)
+    return out

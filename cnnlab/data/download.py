@@ -1,0 +1,169 @@
+"""Downloads that cannot leave bad data behind.
+
+The bytes go to `<dest>.part` in the destination folder, are checked by SHA-256 (or the publisher's MD5
+when no SHA-256 is known), and only then renamed onto `<dest>`; a `<dest>` therefore always holds verified
+bytes. An interrupted transfer keeps its `.part` and the next call resumes it with an HTTP Range request;
+a file whose checksum is wrong is deleted. Only https is accepted (plain http only for loopback hosts, so
+tests can serve files from 127.0.0.1), and a redirect from https to http is refused: no silent downgrade.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from cnnlab.errors import CnnlabError
+
+CHUNK = 1 << 20  # bytes per read
+Progress = Callable[[int, int | None], None]  # (bytes so far, total bytes or None)
+
+
+def _is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_url(url: str) -> None:
+    """Raise CnnlabError unless `url` is https, or http to a loopback host (127.0.0.0/8, ::1, localhost)."""
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return
+    if parts.scheme == "http" and _is_loopback(parts.hostname):
+        return
+    raise CnnlabError(
+        f"refusing to download from {url!r}: only https URLs are allowed (plain http only for 127.0.0.1/localhost)"
+    )
+
+
+class _NoDowngradeRedirect(urllib.request.HTTPRedirectHandler):
+    """Follow redirects only to URLs that pass `check_url`, and never from https to http."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: D102 - urllib's signature
+        old, new = urlsplit(req.full_url).scheme, urlsplit(newurl).scheme
+        if old == "https" and new != "https":
+            raise CnnlabError(f"refusing redirect from {req.full_url!r} to {newurl!r}: https -> {new} downgrade")
+        check_url(newurl)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(_NoDowngradeRedirect)
+
+
+def file_digest(path: Path, algorithm: str) -> str:
+    """Hex digest of a file, read in 1 MiB chunks."""
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _verify(path: Path, sha256: str | None, md5: str | None) -> str | None:
+    """None if the file matches the strongest checksum given, else a description of the mismatch."""
+    algorithm, expected = ("sha256", sha256) if sha256 else ("md5", md5)
+    got = file_digest(path, algorithm)
+    return None if got == expected.lower() else f"{algorithm} {got}, expected {expected}"
+
+
+class _Interrupted(Exception):
+    """The transfer stopped early; the `.part` file is kept for a resume."""
+
+
+def _fetch(url: str, part: Path, size: int | None, timeout: float, progress: Progress | None) -> None:
+    """Append the rest of `url` to `part` (resuming from its current length), or raise `_Interrupted`."""
+    have = part.stat().st_size if part.exists() else 0
+    if size is not None and have >= size:
+        return  # complete (or too long): let the checksum decide
+    request = urllib.request.Request(url, headers={"User-Agent": "cnnlab"})
+    if have:
+        request.add_header("Range", f"bytes={have}-")
+    try:
+        response = _OPENER.open(request, timeout=timeout)
+    except urllib.error.HTTPError as e:
+        if e.code == 416:  # range not satisfiable: we already hold every byte the server has
+            return
+        raise _Interrupted(f"HTTP {e.code} {e.reason}") from e
+    except (urllib.error.URLError, OSError) as e:
+        raise _Interrupted(str(getattr(e, "reason", e))) from e
+    with response:
+        mode = "wb"
+        if have and response.status == 206:
+            if not response.headers.get("Content-Range", "").startswith(f"bytes {have}-"):
+                raise _Interrupted(f"server answered a different range: {response.headers.get('Content-Range')!r}")
+            mode = "ab"
+        elif have:
+            have = 0  # the server ignored the Range header and sends the whole file: start over
+        length = response.headers.get("Content-Length")
+        expected_end = have + int(length) if length is not None else size
+        received = have
+        try:
+            with open(part, mode) as f:
+                for chunk in iter(lambda: response.read(CHUNK), b""):
+                    f.write(chunk)
+                    received += len(chunk)
+                    if progress:
+                        progress(received, expected_end)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:  # connection reset mid-body
+            raise _Interrupted(f"{e} after {received} bytes") from e
+        if expected_end is not None and received < expected_end:
+            raise _Interrupted(f"connection closed after {received} of {expected_end} bytes")
+
+
+def download(
+    urls: str | Sequence[str],
+    dest: str | Path,
+    *,
+    sha256: str | None = None,
+    md5: str | None = None,
+    size: int | None = None,
+    timeout: float = 60.0,
+    progress: Progress | None = None,
+) -> Path:
+    """Fetch `dest` from the first mirror in `urls` that delivers bytes with the expected checksum.
+
+    `size` (bytes) is optional; `sha256` or `md5` is required. Returns `dest`. Raises CnnlabError (naming
+    every mirror tried and what went wrong) when no mirror delivers verified bytes.
+    """
+    urls = [urls] if isinstance(urls, str) else list(urls)
+    if not urls:
+        raise CnnlabError("download needs at least one URL, got none")
+    if not (sha256 or md5):
+        raise CnnlabError(f"refusing to download {urls[0]!r} without a checksum: give sha256= or md5=")
+    for url in urls:
+        check_url(url)
+    dest = Path(dest)
+    if dest.exists():
+        problem = _verify(dest, sha256, md5)
+        if problem is None:
+            return dest
+        raise CnnlabError(f"{dest} exists but is not the expected file ({problem}); delete it and run again")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    errors = []
+    for url in urls:
+        try:
+            _fetch(url, part, size, timeout, progress)
+        except _Interrupted as e:
+            errors.append(f"{url}: {e} (partial file kept in {part}; run again to resume)")
+            continue
+        problem = _verify(part, sha256, md5)
+        if problem is None:
+            os.replace(part, dest)  # atomic on one filesystem: `dest` appears only when complete and verified
+            return dest
+        part.unlink()
+        errors.append(f"{url}: checksum mismatch ({problem}); the file was deleted")
+    raise CnnlabError(f"could not download {dest.name}: " + "; ".join(errors))

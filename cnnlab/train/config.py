@@ -1,0 +1,176 @@
+"""`TrainConfig`: every option of a training run, with its unit and why it defaults to what it does.
+
+The model's own configuration (its architecture) lives with the model; this is how it is trained.
+Options are resolved in layers, later ones winning: the defaults here < a named recipe < a config file
+< options given explicitly (CLI flags or keyword arguments). The resolved config is saved as
+`config.json` in the run directory, so a run can be reproduced from it alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cnnlab.errors import CnnlabError, did_you_mean
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("onecycle", "cosine", "step", "constant")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda")
+
+# Learning rates that work out of the box: Adam-family steps are normalised per parameter, SGD's are not.
+DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
+# AdamW decouples weight decay from the gradient, so it wants a larger value than SGD's L2 penalty.
+DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adam": 0.0, "adamw": 0.05}
+
+
+@dataclass
+class TrainConfig:
+    """How to train one model on one dataset. `None` means "resolved from other options"."""
+
+    model: str = "simple_cnn"  # a registered name (`cnnlab models`) or a spec in the lecture's notation
+    data: str = "fashion-mnist"  # a dataset name (`cnnlab data list`)
+    data_dir: str | None = None  # where the dataset's files are; None: the data module's search path
+    image_size: int | None = None  # resize the dataset's images to this side (pixels); None: as stored
+    val_fraction: float = 0.0  # > 0: hold out this share of train to pick the best epoch on, not test
+    epochs: int = 10
+    batch_size: int = 128  # global: split across processes under DDP
+    eval_batch_size: int = 1024  # evaluation needs no gradients, so large batches cost little memory
+    optimizer: str = "adamw"
+    lr: float | None = None  # peak learning rate; None: DEFAULT_LR[optimizer]
+    momentum: float = 0.9  # SGD momentum, or Adam's beta1
+    weight_decay: float | None = None  # None: DEFAULT_WEIGHT_DECAY[optimizer]
+    schedule: str = "onecycle"
+    warmup: float | None = None  # epochs of linear warm-up; None: 30% of the run for onecycle, else 0
+    label_smoothing: float = 0.0  # share of the target probability spread over the other classes
+    grad_clip: float | None = None  # clip the global gradient norm to this value; None: no clipping
+    dropout: float | None = None  # passed to the model builder when set (not every model has one)
+    augment: str = "none"  # an augmentation pipeline (`cnnlab augment --help`), applied to train only
+    precision: str = "auto"  # auto: bf16 where the CPU/GPU supports it, else fp32 (fp16 + scaling on CUDA)
+    device: str = "auto"  # auto: cuda if available, else cpu
+    channels_last: bool = True  # NHWC memory layout: faster convolutions on CPUs (oneDNN) and GPUs
+    compile: bool = False  # torch.compile the model; measured slower for small nets on 2 CPU cores
+    seed: int = 0  # one seed fixes initialisation, data order, augmentation and dropout
+    out: str | None = None  # run directory; None: runs/<model>-<data>-<time>
+    checkpoint_every: int = 0  # also checkpoint every this many steps (0: at the end of each epoch only)
+    keep_checkpoints: int = 2  # rotation keeps this many, so an unreadable newest one has a fallback
+    recipe: str | None = None  # the named recipe these options started from, if any
+    extra: dict[str, Any] = field(default_factory=dict)  # model builder options beyond dropout
+
+    # ---- resolution ---------------------------------------------------------------------------
+    def resolved(self) -> TrainConfig:
+        """A copy with `None` defaults filled in and every option checked; raises `CnnlabError`."""
+        c = dataclasses.replace(self, extra=dict(self.extra))
+        c.optimizer = _choice("optimizer", c.optimizer, OPTIMIZERS)
+        c.schedule = _choice("schedule", c.schedule, SCHEDULES)
+        c.precision = _choice("precision", c.precision, PRECISIONS)
+        c.device = _choice("device", c.device, DEVICES)
+        if c.lr is None:
+            c.lr = DEFAULT_LR[c.optimizer]
+        if c.weight_decay is None:
+            c.weight_decay = DEFAULT_WEIGHT_DECAY[c.optimizer]
+        if c.warmup is None:
+            c.warmup = 0.3 * c.epochs if c.schedule == "onecycle" else 0.0
+        _positive_int("epochs", c.epochs)
+        _positive_int("batch-size", c.batch_size)
+        _positive_int("eval-batch-size", c.eval_batch_size)
+        _positive_int("keep-checkpoints", c.keep_checkpoints)
+        _number("lr", c.lr, low=0.0, low_open=True, hint="try 1e-3 for adam/adamw or 0.05 for sgd")
+        _number("weight-decay", c.weight_decay, low=0.0)
+        _number("momentum", c.momentum, low=0.0, high=1.0, high_open=True)
+        _number("warmup", c.warmup, low=0.0, high=float(c.epochs), hint=f"epochs, at most --epochs {c.epochs}")
+        _number("label-smoothing", c.label_smoothing, low=0.0, high=1.0, high_open=True)
+        _number("val-fraction", c.val_fraction, low=0.0, high=1.0, high_open=True)
+        if c.grad_clip is not None:
+            _number("grad-clip", c.grad_clip, low=0.0, low_open=True)
+        if c.dropout is not None:
+            _number("dropout", c.dropout, low=0.0, high=1.0, high_open=True)
+        if c.image_size is not None:
+            _positive_int("image-size", c.image_size)
+        if not isinstance(c.checkpoint_every, int) or c.checkpoint_every < 0:
+            raise CnnlabError(f"checkpoint-every must be an integer >= 0 (steps), got {c.checkpoint_every!r}")
+        if not isinstance(c.seed, int) or isinstance(c.seed, bool):
+            raise CnnlabError(f"seed must be an integer, got {c.seed!r}")
+        if not str(c.model).strip():
+            raise CnnlabError("model must be a model name or spec, got an empty string; `cnnlab models` lists names")
+        return c
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], *, where: str = "config") -> TrainConfig:
+        """Build from a mapping, refusing unknown keys (a typo must not be silently ignored)."""
+        return cls(**_checked_fields(d, where))
+
+
+def config_fields() -> list[str]:
+    return [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+def _checked_fields(d: dict[str, Any], where: str) -> dict[str, Any]:
+    names = config_fields()
+    out = {}
+    for key, value in d.items():
+        name = key.replace("-", "_")
+        if name not in names:
+            raise CnnlabError(f"{where}: unknown option '{key}'{did_you_mean(name, names)}; options: {', '.join(names)}")
+        out[name] = value
+    return out
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Options from a TOML file (`epochs = 5`, `model = "resnet20"`; a `[train]` table is also accepted)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CnnlabError(f"config file not found: '{path}'; give a TOML file such as run.toml")
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise CnnlabError(f"config file '{path}' is not valid TOML: {e}") from None
+    if "train" in data and isinstance(data["train"], dict):
+        data = {**{k: v for k, v in data.items() if k != "train"}, **data["train"]}
+    return _checked_fields(data, f"config file '{path}'")
+
+
+def merge(*layers: dict[str, Any]) -> TrainConfig:
+    """Later layers win; `None` values in a layer mean "not given" and do not override."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        for k, v in layer.items():
+            if v is None:
+                continue
+            if k == "extra" and isinstance(merged.get("extra"), dict):
+                v = {**merged["extra"], **v}  # builder options combine: a recipe's width plus a flag's dropout
+            merged[k] = v
+    return TrainConfig.from_dict(merged)
+
+
+# ---- validators ------------------------------------------------------------------------------
+def _choice(label: str, value: str, allowed: tuple[str, ...]) -> str:
+    v = str(value).lower()
+    if v not in allowed:
+        raise CnnlabError(f"unknown {label} '{value}'{did_you_mean(v, allowed)}; choose one of: {', '.join(allowed)}")
+    return v
+
+
+def _positive_int(label: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise CnnlabError(f"{label} must be a positive integer, got {value!r}")
+
+
+def _number(label, value, *, low=None, high=None, low_open=False, high_open=False, hint="") -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        lo = "" if low is None else ("(" if low_open else "[") + f"{low:g}"
+        hi = "" if high is None else f"{high:g}" + (")" if high_open else "]")
+        rng = f"in {lo or '(-inf'}, {hi or 'inf)'}"
+        raise CnnlabError(f"{label} must be a number {rng}, got {value!r}" + (f"; {hint}" if hint else ""))

@@ -1,0 +1,111 @@
+"""Accuracy, per-class accuracy and the confusion matrix, of a model or of a finished run.
+
+Evaluation runs in large batches under `torch.inference_mode` and the run's autocast dtype, and sums
+losses and counts on the device: one host synchronisation per evaluation, not per batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnnlab.errors import CnnlabError
+from cnnlab.train.inputs import Preprocess, load_data
+from cnnlab.train.precision import Precision, resolve_precision
+
+
+@dataclass
+class EvalResult:
+    loss: float  # mean cross-entropy (nats per image, no label smoothing)
+    accuracy: float  # share of images whose top-1 prediction is right, in [0, 1]
+    confusion: torch.Tensor  # (K, K) int64, rows: true class, columns: predicted class
+    classes: list[str]
+
+    @property
+    def count(self) -> int:
+        return int(self.confusion.sum())
+
+    @property
+    def per_class(self) -> dict[str, float]:
+        """Recall per class: correct / images of that class (NaN for a class with no images)."""
+        totals = self.confusion.sum(dim=1).double()
+        right = self.confusion.diag().double()
+        acc = torch.where(totals > 0, right / totals.clamp_min(1), torch.full_like(totals, float("nan")))
+        return {c: float(a) for c, a in zip(self.classes, acc)}
+
+    def table(self) -> str:
+        """Per-class accuracy and the confusion matrix as text."""
+        k = len(self.classes)
+        width = max(5, *(len(c) for c in self.classes))
+        lines = [f"accuracy {100 * self.accuracy:.2f}% on {self.count} images, loss {self.loss:.4f}", "",
+                 f"{'class':<{width}}  accuracy  images"]
+        totals = self.confusion.sum(dim=1)
+        for (name, acc), n in zip(self.per_class.items(), totals.tolist()):
+            lines.append(f"{name:<{width}}  {100 * acc:7.2f}%  {n:6d}")
+        if k <= 20:
+            cell = max(5, len(str(int(self.confusion.max()))) + 1)
+            lines += ["", "confusion matrix (rows: true, columns: predicted)",
+                      " " * (width + 1) + "".join(f"{j:>{cell}}" for j in range(k))]
+            for i, name in enumerate(self.classes):
+                lines.append(f"{name:<{width}} " + "".join(f"{v:>{cell}}" for v in self.confusion[i].tolist()))
+        return "\n".join(lines)
+
+
+@torch.inference_mode()
+def evaluate_split(model: nn.Module, split, prep: Preprocess, precision: Precision, num_classes: int,
+                   classes: list[str] | None = None, batch_size: int = 1024) -> EvalResult:
+    """Evaluate `model` (already on `precision.device`) on every image of `split`."""
+    was_training = model.training
+    model.eval()
+    device = precision.device
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
+    for images, labels in split.batches(batch_size, shuffle=False, device=device):
+        with precision.autocast():
+            logits = model(prep(images))
+        logits = logits.float()
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
+        confusion += torch.bincount(labels * num_classes + logits.argmax(1), minlength=num_classes * num_classes)
+    model.train(was_training)
+    confusion = confusion.view(num_classes, num_classes).cpu()
+    n = int(confusion.sum())
+    if n == 0:
+        raise CnnlabError("cannot evaluate on an empty split (0 images)")
+    return EvalResult(float(loss_sum) / n, float(confusion.diag().sum()) / n, confusion,
+                      list(classes) if classes else [str(i) for i in range(num_classes)])
+
+
+def evaluate(run: str | Path, data=None, *, which: str = "best", split: str = "test", data_dir=None,
+             precision: str = "auto", device: str = "auto", batch_size: int = 1024) -> EvalResult:
+    """Evaluate a run's `best` (or `last`) weights on its dataset's test split, or on `data` if given.
+
+    `data` is a dataset name or `cnnlab.data.Dataset`; its images are resized to the model's input size
+    only through the dataset's own `image_size` option, so the classes and sizes must match the run's.
+    """
+    from cnnlab.train.run import open_run  # noqa: PLC0415
+
+    run_dir = open_run(run)
+    model, card = run_dir.load_model(which)
+    image_size = None
+    if data is None:  # the run's own dataset, loaded exactly as training loaded it
+        cfg = run_dir.read_config().get("config", {})
+        data, image_size = card.dataset, cfg.get("image_size")
+        data_dir = data_dir or cfg.get("data_dir")
+    ds = load_data(data, data_dir=data_dir, image_size=image_size, val_fraction=0.0)
+    if tuple(ds.input_size) != tuple(card.input_size):
+        raise CnnlabError(f"dataset images are {tuple(ds.input_size)} but the model was trained on {card.input_size}")
+    if len(ds.classes) != card.num_classes:
+        raise CnnlabError(f"dataset has {len(ds.classes)} classes but the model was trained on {card.num_classes}")
+    part = getattr(ds, split, None)
+    if part is None:
+        raise CnnlabError(f"dataset has no '{split}' split; choose test, train or val (val needs --val-fraction)")
+    prec = resolve_precision(precision, device)
+    model = model.to(prec.device)
+    if prec.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    prep = Preprocess(card.mean, card.std, prec.device, prec.channels_last)
+    return evaluate_split(model, part, prep, prec, card.num_classes, card.classes, batch_size)
