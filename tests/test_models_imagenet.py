@@ -16,6 +16,7 @@ from torch import nn
 
 from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model, list_models, model_info
+from cnnlab.models.vgg import VGG, make_layers
 
 VGGS = [f"vgg{d}{bn}" for d in (11, 13, 16, 19) for bn in ("", "_bn")]
 RESNETS = [f"resnet{d}" for d in (18, 34, 50, 101, 152)]
@@ -111,7 +112,9 @@ def test_torchvision_weights_give_same_outputs(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["vgg11", "vgg16", "resnet34", "resnet101", "resnet152"])
+# The other depths differ from the fast ones only in their config (key equality above covers that);
+# building two VGGs costs seconds, so only the famous VGG-16 and the deepest ResNet of each block run.
+@pytest.mark.parametrize("name", ["vgg16", "resnet34", "resnet152"])
 def test_torchvision_weights_give_same_outputs_other_depths(name):
     _assert_same_outputs(name, size=32 if name.startswith("vgg") else 64)
 
@@ -201,6 +204,32 @@ def test_vgg16_transfer_cut_points():
         assert create_model("vgg16_bn").feature_info[-1]["name"] == "features.43"
 
 
+@pytest.mark.parametrize(
+    ("batch_norm", "pool_names"),
+    [(False, ["features.2", "features.5"]), (True, ["features.3", "features.7"])],  # conv [bn] relu pool
+)
+def test_make_layers_names_the_pools(batch_norm, pool_names):
+    features, info = make_layers([64, "M", 128, "M"], batch_norm=batch_norm, in_channels=1)
+    assert [d["name"] for d in info] == pool_names
+    assert [(d["channels"], d["stride"]) for d in info] == [(64, 2), (128, 4)]
+    assert all(isinstance(features.get_submodule(n.split(".", 1)[1]), nn.MaxPool2d) for n in pool_names)
+    assert features(torch.randn(2, 1, 8, 8)).shape == (2, 128, 2, 2)
+
+
+@pytest.mark.parametrize(
+    ("cfg", "needle"),
+    [
+        ([64, "X", 512, "M"], "'X'"),
+        ([0, 512, "M"], "got 0"),
+        ([True, 512, "M"], "got True"),
+        ([64, "M", 256, "M"], "512 filters"),
+    ],
+)
+def test_vgg_refuses_bad_configs(cfg, needle):
+    with pytest.raises(CnnlabError, match=needle), torch.device("meta"):
+        VGG(cfg)
+
+
 def test_resnet_init_follows_he_fan_out():
     model = create_model("resnet18")
     w = model.layer3[0].conv2.weight  # 256 filters of 256 x 3 x 3
@@ -231,7 +260,10 @@ def test_zero_init_residual_makes_blocks_identity(name):
     [
         ("googlenet", {"in_channels": 1, "transform_input": True}, "in_channels=3"),
         ("googlenet", {"paper_5x5": "yes"}, "paper_5x5"),
-        ("resnet18", {"groups": 32}, "groups"),
+        ("resnet18", {"groups": 32}, "no option 'groups'; options: num_classes, in_channels, zero_init_residual"),
+        ("vgg16_bn", {"dropuot": 0.1}, "did you mean 'dropout'"),
+        ("googlenet", {"aux": True}, "aux_logits"),
+        ("resnet50", {"zero_init_residual": 1}, "True or False"),
         ("alexnet", {"dropout": 1.0}, "dropout"),
         ("googlenet", {"dropout": -0.1}, "dropout"),
     ],

@@ -205,7 +205,7 @@ class ChannelsLastBlock(nn.Module):
     def forward(self, x):
         y = self.dwconv(x).permute(0, 2, 3, 1)  # (N, H, W, C)
         y = self.fc2(self.act(self.fc1(self.norm(y))))
-        return x + y.transpose(2, 3).transpose(1, 2)  # back to (N, C, H, W)
+        return x + y.permute(0, 3, 1, 2)  # back to (N, C, H, W)
 
 
 def test_channels_last_blocks_match_empirical():

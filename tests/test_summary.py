@@ -204,13 +204,17 @@ def test_input_too_small_is_one_line_error():
 # ----------------------------------------------------------------------------------------------------
 # CLI (each call starts a fresh interpreter: kept few)
 
-@pytest.mark.slow
-def test_cli_summary_resnet50_table_and_json():
-    out = run_cli("summary", "resnet50", "--input", "3x224x224", check=True).stdout
+def test_summary_of_a_registered_name_prints_the_totals():
+    out = str(summary("resnet50", (3, 224, 224)))  # built on the meta device
     assert "25,557,032" in out and "4.09 G" in out and "Receptive field of the output" in out
+
+
+@pytest.mark.slow
+def test_cli_summary_json():
     d = json.loads(run_cli("summary", "resnet50", "--json", check=True).stdout)  # default input: 3x224x224
     assert d["input_size"] == [3, 224, 224] and d["total_params"] == 25_557_032
     assert d["total_macs"] == pytest.approx(4.09e9, rel=0.01)
+    assert d == summary("resnet50", (3, 224, 224)).to_dict()  # exactly the dict
 
 
 @pytest.mark.parametrize("args", [("resnet50", "--input", "3x224"), ("resnet50", "--input", "3x0x4"),

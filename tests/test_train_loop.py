@@ -146,7 +146,6 @@ def test_non_finite_loss_stops_before_the_optimizer_step(tmp_path):
         train(**OPTS, epochs=3, out=str(tmp_path / "run"), verbose=False, callbacks=[poison])
     assert "last good checkpoint kept" in str(err.value)
     # the weights are those of the last good step: the NaN never reached them
-    state = err.value.__traceback__  # noqa: F841 - keep the frame alive for clarity
     ckpts = list_checkpoints(tmp_path / "run" / "checkpoints")
     assert [p.name for p in ckpts] == ["ckpt-00000022.pt"]  # end of epoch 1, nothing newer
     saved = torch.load(ckpts[0], weights_only=True)

@@ -1,5 +1,6 @@
 """Geometric ops: they move pixels. Flip, crop, translate and nearest scaling are index maps (exact,
-composable into one gather); bilinear scaling and the resized crop resample with `grid_sample`."""
+composable into one gather); bilinear scaling and the resized crop are separable bilinear resamplers
+(four gathers and a blend, identical to grid_sample's bilinear)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from cnnlab.augment._base import (
@@ -18,6 +18,7 @@ from cnnlab.augment._base import (
     Params,
     Shape,
     Size,
+    Taps,
     _arange,
     _check_choice,
     _check_magnitude,
@@ -28,6 +29,7 @@ from cnnlab.augment._base import (
     _lerp,
     _rand,
     _randint,
+    linear_taps,
 )
 from cnnlab.errors import CnnlabError
 
@@ -161,18 +163,7 @@ class Translate(Op):
 
 # ---------------------------------------------------------------------------------------------------- scaling
 
-_GRID_PADDING = {"zero": "zeros", "reflect": "reflection", "border": "border"}
-
-
-def affine_resample(x: Tensor, theta: Tensor, out_hw: tuple[int, int], padding: str) -> Tensor:
-    """Bilinear resampling by per-sample affine maps theta (N, 2, 3) from output to input coordinates
-    (normalised to [-1, 1] at the pixel corners, align_corners=False). Computed in float32: a bfloat16
-    sampling grid would misplace pixels by up to ~0.5 px at 224x224."""
-    n, c = x.shape[:2]
-    grid = F.affine_grid(theta, [n, c, *out_hw], align_corners=False)  # (N, h, w, 2) float32
-    xf = x if x.dtype in (torch.float32, torch.float64) else x.float()
-    out = F.grid_sample(xf, grid.to(xf.dtype), mode="bilinear", padding_mode=padding, align_corners=False)
-    return out.to(x.dtype).clamp_(0.0, 1.0)
+_PAD_MODES = {"zero": "zero", "reflect": "symmetric", "border": "border"}  # scale's mode -> _fill's
 
 
 @dataclass(frozen=True)
@@ -198,7 +189,7 @@ class Scale(Op):
         _check_range(self.name, "factor", self.factor, 0.0)
         if self.factor[0] <= 0:
             raise CnnlabError(f"scale: factor={_format_value(self.factor)} must be > 0 (e.g. scale:0.8-1.2)")
-        _check_choice(self.name, "mode", self.mode, tuple(_GRID_PADDING))
+        _check_choice(self.name, "mode", self.mode, tuple(_PAD_MODES))
         _check_choice(self.name, "interp", self.interp, ("bilinear", "nearest"))
         _check_p(self.name, self.p)
 
@@ -206,30 +197,27 @@ class Scale(Op):
         u = _rand(2, shape[0], generator, torch.device(device))
         return {"scale": torch.where(u[1] < self.p, _lerp(u[0], *self.factor), 1.0)}
 
+    def _source(self, params: Params, n: int, size: int) -> Tensor:
+        """(N, size) input coordinate read by each output pixel along one axis, in pixels."""
+        inv = 1.0 / params["scale"][:, None]  # (N, 1): a zoom by s reads a window 1/s as wide
+        centre = (size - 1) / 2
+        return (_arange(n, size, inv.device) - centre) * inv + centre
+
     def index_map(self, params: Params, shape: Shape) -> IndexMap | None:
         if self.interp != "nearest":
             return None
         n, _, h, w = shape
-        inv = 1.0 / params["scale"][:, None]  # (N, 1): a zoom by s reads a window 1/s as wide
+        mode = _PAD_MODES[self.mode]
+        return tuple(  # type: ignore[return-value]
+            _fill(torch.floor(self._source(params, n, size) + 0.5).long(), size, mode) for size in (h, w)
+        )
 
-        def axis(size: int) -> Tensor:
-            centre = (size - 1) / 2
-            src = torch.floor((_arange(n, size, inv.device) - centre) * inv + centre + 0.5).long()
-            if self.mode == "reflect":  # about the pixel edge (edge pixel repeated), as grid_sample
-                src = torch.where(src < 0, -1 - src, torch.where(src >= size, 2 * size - 1 - src, src))
-                return src.clamp_(0, size - 1)
-            return _fill(src, size, self.mode)
-
-        return axis(h), axis(w)
-
-    def apply(self, x: Tensor, params: Params) -> Tensor:
-        if self.interp == "nearest":
-            return super().apply(x, params)
-        inv = 1.0 / params["scale"].float()
-        theta = torch.zeros(len(x), 2, 3, device=x.device)
-        theta[:, 0, 0] = inv
-        theta[:, 1, 1] = inv
-        return affine_resample(x, theta, tuple(x.shape[2:]), _GRID_PADDING[self.mode])  # type: ignore[arg-type]
+    def taps(self, params: Params, shape: Shape) -> tuple[Taps, Taps] | None:
+        if self.interp != "bilinear":
+            return None
+        n, _, h, w = shape
+        mode = _PAD_MODES[self.mode]
+        return linear_taps(self._source(params, n, h), h, mode), linear_taps(self._source(params, n, w), w, mode)
 
 
 @dataclass(frozen=True)
@@ -272,12 +260,14 @@ class ResizedCrop(Op):
         left, top = u[2] * (w - bw), u[3] * (h - bh)
         return {"top": top, "left": left, "height": bh, "width": bw}  # box in pixels (float)
 
-    def apply(self, x: Tensor, params: Params) -> Tensor:
-        n, _, h, w = x.shape
-        _, oh, ow = self.output_size(tuple(x.shape[1:]))  # type: ignore[arg-type]
-        theta = torch.zeros(n, 2, 3, device=x.device)
-        theta[:, 0, 0] = params["width"] / w
-        theta[:, 1, 1] = params["height"] / h
-        theta[:, 0, 2] = (2 * params["left"] + params["width"]) / w - 1  # box centre, normalised
-        theta[:, 1, 2] = (2 * params["top"] + params["height"]) / h - 1
-        return affine_resample(x, theta, (oh, ow), "border")
+    def taps(self, params: Params, shape: Shape) -> tuple[Taps, Taps]:
+        n, c, h, w = shape
+        _, oh, ow = self.output_size((c, h, w))
+
+        def axis(start: Tensor, length: Tensor, out: int, size: int) -> Taps:
+            # Output pixel i samples the box at start + (i + 0.5) * length / out - 0.5 (pixel centres).
+            step = (length / out)[:, None]
+            src = start[:, None] + (_arange(n, out, start.device) + 0.5) * step - 0.5
+            return linear_taps(src, size, "border")
+
+        return (axis(params["top"], params["height"], oh, h), axis(params["left"], params["width"], ow, w))

@@ -10,6 +10,15 @@ pixels `[lo(i), hi(i)]`, where `lo` is the minimum and `hi` the maximum of a few
 `a + b*i`. One piece each is the textbook recursion (`rf = hi - lo + 1`, jump `b`, start `lo(0)`); a
 union of paths (ResNet's skip, Inception's branches, a squeeze-excitation gate broadcast over the map)
 keeps one piece per distinct jump, which makes branching exact instead of approximated.
+
+Exact: convolutions (kernel, stride, padding incl. "same", dilation, groups), max/avg/lp pooling,
+`F.pad`, `F.unfold` (locally-connected layers), elementwise ops, add, cat, broadcast gates, and
+`permute` to channels-last and back (ConvNeXt). Adaptive pooling is exact when the output size
+divides the input size; otherwise its largest window is used. An op whose output no longer holds
+the positions it read (flatten, linear, a mean over H and W, and ops this file does not know that
+move positions: interpolate, transposed convolutions, spatial slicing, Swin's window partition) is
+treated as a kernel over the whole map: exact for the first kinds, an overestimate for the others.
+MACs: convolutions (also transposed), linear, matmul/mm/bmm/addmm/baddbmm, einsum, attention.
 """
 
 from __future__ import annotations
@@ -339,19 +348,14 @@ class Tracer(TorchFunctionMode):
         return None
 
     def _permuted(self, func, args, kwargs, fields: list[Field], out: torch.Tensor) -> Field | None:
-        """permute/transpose: the positions move with their dims (ConvNeXt's channels-last blocks)."""
+        """permute: the positions move with their dims (ConvNeXt's channels-last blocks)."""
         x = args[0] if args else kwargs.get("input")
         f = self._fields.get(x) if isinstance(x, torch.Tensor) else None
         if f is None or f.held_by(x) not in (-2, -3) or out.ndim != x.ndim:
             return None
         n = x.ndim
-        if func in (torch.permute, torch.Tensor.permute):
-            dims = args[1:] if len(args) > 1 else (kwargs.get("dims"),)
-            perm = list(dims[0]) if len(dims) == 1 and isinstance(dims[0], (list, tuple)) else list(dims)
-        else:
-            d0, d1 = (list(args[1:3]) + [kwargs.get("dim0"), kwargs.get("dim1")][len(args) - 1:])[:2]
-            perm = list(range(n))
-            perm[d0 % n], perm[d1 % n] = perm[d1 % n], perm[d0 % n]
+        dims = args[1:] if len(args) > 1 else (kwargs.get("dims"),)
+        perm = list(dims[0]) if len(dims) == 1 and isinstance(dims[0], (list, tuple)) else list(dims)
         perm = [p % n for p in perm]
         h = n + f.held_by(x)
         new_h, new_w = perm.index(h), perm.index(h + 1)
@@ -391,4 +395,4 @@ class Tracer(TorchFunctionMode):
         return Field(*per_axis, dim=dim)
 
 
-_PERMUTES = (torch.permute, torch.Tensor.permute, torch.transpose, torch.Tensor.transpose)
+_PERMUTES = (torch.permute, torch.Tensor.permute)

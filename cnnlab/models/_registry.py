@@ -7,6 +7,7 @@ prints: the paper it comes from and its default input and class count (the paper
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -44,9 +45,14 @@ def register_model(*, paper: str, input_size: tuple[int, int, int], num_classes:
     return decorate
 
 
+def _natural_key(name: str) -> list:
+    # resnet18 < resnet34 < resnet101, as people count
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
 def list_models(pattern: str = "*") -> list[str]:
-    """Registered model names matching a shell-style `pattern`, sorted."""
-    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+    """Registered model names matching a shell-style `pattern`, in natural order (resnet18 < resnet101)."""
+    return sorted((n for n in _REGISTRY if fnmatch.fnmatch(n, pattern)), key=_natural_key)
 
 
 def model_info(name: str) -> ModelInfo:

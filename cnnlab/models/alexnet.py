@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, did_you_mean
 from cnnlab.models._base import ConvNet
 from cnnlab.models._registry import register_model
 
@@ -93,15 +93,28 @@ class AlexNet(ConvNet):
         self.num_classes = num_classes
 
 
-def _create_alexnet(**kwargs) -> AlexNet:
+_OPTIONS = ("num_classes", "in_channels", "dropout")
+
+
+def _check_options(variant: str, kwargs: dict, allowed: tuple[str, ...]) -> None:
+    """Refuse unknown options up front, naming the ones that exist."""
+    for key in kwargs:
+        if key not in allowed:
+            raise CnnlabError(
+                f"{variant} has no option {key!r}{did_you_mean(key, allowed)}; options: {', '.join(allowed)}"
+            )
+
+
+def _create_alexnet(variant: str, **kwargs) -> AlexNet:
+    _check_options(variant, kwargs, _OPTIONS)
     return AlexNet(**kwargs)
 
 
 @register_model(
-    paper="Krizhevsky et al. 2012, ImageNet Classification with Deep CNNs (torchvision's 1-GPU variant)",
+    paper="Krizhevsky et al. 2012, ImageNet Classification with Deep CNNs (1-GPU variant)",
     input_size=(3, 224, 224),
     num_classes=1000,
 )
 def alexnet(**kwargs) -> AlexNet:
     """AlexNet as in torchvision (61.1 M parameters at 1000 classes)."""
-    return _create_alexnet(**kwargs)
+    return _create_alexnet("alexnet", **kwargs)

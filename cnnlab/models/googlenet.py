@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, did_you_mean
 from cnnlab.models._base import ConvNet
 from cnnlab.models._registry import register_model
 
@@ -281,7 +281,20 @@ def _init_weights(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
-def _create_googlenet(**kwargs) -> GoogLeNet:
+_OPTIONS = ("num_classes", "in_channels", "transform_input", "paper_5x5", "aux_logits", "dropout")
+
+
+def _check_options(variant: str, kwargs: dict, allowed: tuple[str, ...]) -> None:
+    """Refuse unknown options up front, naming the ones that exist."""
+    for key in kwargs:
+        if key not in allowed:
+            raise CnnlabError(
+                f"{variant} has no option {key!r}{did_you_mean(key, allowed)}; options: {', '.join(allowed)}"
+            )
+
+
+def _create_googlenet(variant: str, **kwargs) -> GoogLeNet:
+    _check_options(variant, kwargs, _OPTIONS)
     return GoogLeNet(**kwargs)
 
 
@@ -292,4 +305,4 @@ def _create_googlenet(**kwargs) -> GoogLeNet:
 )
 def googlenet(**kwargs) -> GoogLeNet:
     """GoogLeNet (Inception v1) as in torchvision, without auxiliary classifiers by default (6.6 M parameters)."""
-    return _create_googlenet(**kwargs)
+    return _create_googlenet("googlenet", **kwargs)

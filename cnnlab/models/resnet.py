@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, did_you_mean
 from cnnlab.models._base import ConvNet
 from cnnlab.models._registry import register_model
 
@@ -129,6 +129,8 @@ class ResNet(ConvNet):
         super().__init__()
         if block not in (BasicBlock, Bottleneck):
             raise CnnlabError(f"resnet: block must be BasicBlock or Bottleneck, got {block!r}")
+        if not isinstance(zero_init_residual, bool):
+            raise CnnlabError(f"resnet: zero_init_residual must be True or False, got {zero_init_residual!r}")
         if len(layers) != 4:
             raise CnnlabError(f"resnet: layers must give 4 stage depths, got {tuple(layers)!r}")
         self.num_classes = num_classes
@@ -193,7 +195,22 @@ class ResNet(ConvNet):
         self.num_classes = num_classes
 
 
-def _create_resnet(block: type[BasicBlock | Bottleneck], layers: tuple[int, int, int, int], **kwargs) -> ResNet:
+_OPTIONS = ("num_classes", "in_channels", "zero_init_residual")
+
+
+def _check_options(variant: str, kwargs: dict, allowed: tuple[str, ...]) -> None:
+    """Refuse unknown options up front, naming the ones that exist."""
+    for key in kwargs:
+        if key not in allowed:
+            raise CnnlabError(
+                f"{variant} has no option {key!r}{did_you_mean(key, allowed)}; options: {', '.join(allowed)}"
+            )
+
+
+def _create_resnet(
+    variant: str, block: type[BasicBlock | Bottleneck], layers: tuple[int, int, int, int], **kwargs
+) -> ResNet:
+    _check_options(variant, kwargs, _OPTIONS)
     return ResNet(block, layers, **kwargs)
 
 
@@ -204,28 +221,28 @@ _IMAGENET = {"input_size": (3, 224, 224), "num_classes": 1000}
 @register_model(paper=_PAPER, **_IMAGENET)
 def resnet18(**kwargs) -> ResNet:
     """ResNet-18: basic blocks (2, 2, 2, 2)."""
-    return _create_resnet(BasicBlock, (2, 2, 2, 2), **kwargs)
+    return _create_resnet("resnet18", BasicBlock, (2, 2, 2, 2), **kwargs)
 
 
 @register_model(paper=_PAPER, **_IMAGENET)
 def resnet34(**kwargs) -> ResNet:
     """ResNet-34: basic blocks (3, 4, 6, 3)."""
-    return _create_resnet(BasicBlock, (3, 4, 6, 3), **kwargs)
+    return _create_resnet("resnet34", BasicBlock, (3, 4, 6, 3), **kwargs)
 
 
 @register_model(paper=_PAPER, **_IMAGENET)
 def resnet50(**kwargs) -> ResNet:
     """ResNet-50: bottlenecks (3, 4, 6, 3) (25.6 M parameters at 1000 classes)."""
-    return _create_resnet(Bottleneck, (3, 4, 6, 3), **kwargs)
+    return _create_resnet("resnet50", Bottleneck, (3, 4, 6, 3), **kwargs)
 
 
 @register_model(paper=_PAPER, **_IMAGENET)
 def resnet101(**kwargs) -> ResNet:
     """ResNet-101: bottlenecks (3, 4, 23, 3)."""
-    return _create_resnet(Bottleneck, (3, 4, 23, 3), **kwargs)
+    return _create_resnet("resnet101", Bottleneck, (3, 4, 23, 3), **kwargs)
 
 
 @register_model(paper=_PAPER, **_IMAGENET)
 def resnet152(**kwargs) -> ResNet:
     """ResNet-152: bottlenecks (3, 8, 36, 3) (60.2 M parameters at 1000 classes)."""
-    return _create_resnet(Bottleneck, (3, 8, 36, 3), **kwargs)
+    return _create_resnet("resnet152", Bottleneck, (3, 8, 36, 3), **kwargs)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, did_you_mean
 from cnnlab.models._base import ConvNet
 from cnnlab.models._registry import register_model
 
@@ -88,6 +88,9 @@ class VGG(ConvNet):
             raise CnnlabError(f"vgg: dropout must be in [0, 1), got {dropout!r}; the paper uses 0.5")
         self.num_classes = num_classes
         self.num_features = 4096  # width of the vector fc8 reads
+        widths = [v for v in cfg if v != "M"]
+        if widths and widths[-1] != 512:
+            raise CnnlabError(f"vgg: the last convolution must have 512 filters (fc6 reads 512*7*7), got {cfg!r}")
         self.features, self.feature_info = make_layers(cfg, batch_norm=batch_norm, in_channels=in_channels)
         # Any input of 32x32 or more works: the pool turns the last map into 7x7 (the identity at 224).
         self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
@@ -138,7 +141,20 @@ def _init_weights(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
+_OPTIONS = ("num_classes", "in_channels", "dropout")
+
+
+def _check_options(variant: str, kwargs: dict, allowed: tuple[str, ...]) -> None:
+    """Refuse unknown options up front, naming the ones that exist."""
+    for key in kwargs:
+        if key not in allowed:
+            raise CnnlabError(
+                f"{variant} has no option {key!r}{did_you_mean(key, allowed)}; options: {', '.join(allowed)}"
+            )
+
+
 def _create_vgg(variant: str, batch_norm: bool, **kwargs) -> VGG:
+    _check_options(variant + ("_bn" if batch_norm else ""), kwargs, _OPTIONS)
     return VGG(CFGS[variant], batch_norm=batch_norm, **kwargs)
 
 

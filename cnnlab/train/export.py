@@ -55,7 +55,8 @@ def export(run: str | Path, format: str = "onnx", out: str | Path | None = None,
         if fmt == "onnx":
             _export_onnx(wrapped, example, tmp, opset)
         else:
-            with torch.no_grad():
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, still widely deployed
                 traced = torch.jit.trace(wrapped, example)
             traced.save(str(tmp))
         atomic_write(path, tmp.read_bytes())

@@ -391,7 +391,7 @@ class Trainer:
             last = list_checkpoints(self.run.checkpoints)
             kept = f"; last good checkpoint kept: {last[0]}" if last else ""
             raise NonFiniteLossError(
-                f"non-finite loss ({float(loss):.4g}) in epoch {epoch + 1} at step {step}; stopped before the optimizer "
+                f"non-finite loss ({float(loss.detach()):.4g}) in epoch {epoch + 1} at step {step}; stopped before the optimizer "
                 f"step{kept}; try a lower --lr (now {self.config.lr:g}) or --grad-clip 1.0"
             )
         return stop

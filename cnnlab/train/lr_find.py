@@ -88,7 +88,7 @@ def lr_find(model: str = "simple_cnn", data="fashion-mnist", *, start_lr: float 
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            value = float(loss)  # one float per step: this is a diagnostic, not the training loop
+            value = float(loss.detach())  # one float per step: this is a diagnostic, not the training loop
             if not math.isfinite(value):
                 break
             avg = smoothing * avg + (1 - smoothing) * value

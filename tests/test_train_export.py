@@ -1,0 +1,106 @@
+"""A finished run used three ways: eval (CLI), predict (image files), export (ONNX via onnxruntime, TorchScript)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_cli
+from PIL import Image
+
+from cnnlab.data import load_dataset
+from cnnlab.errors import CnnlabError
+from cnnlab.train import train
+from cnnlab.train.export import export, exportable
+from cnnlab.train.predict import predict
+from cnnlab.train.run import open_run
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("exp") / "run"
+    train("simple_cnn", "digits", epochs=2, batch_size=64, lr=3e-3, out=str(out), verbose=False)
+    return out
+
+
+def _reference_probs(run_dir, images_uint8):
+    """Softmax of the run's model computed by hand, in fp32, from the card's normalisation."""
+    model, card = open_run(run_dir).load_model("best")
+    x = (images_uint8.float() / 255 - torch.tensor(card.mean).view(1, -1, 1, 1)) / torch.tensor(card.std).view(1, -1, 1, 1)
+    with torch.no_grad():
+        return torch.softmax(model(x), 1), card
+
+
+def test_onnx_matches_pytorch(run_dir, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    path = export(run_dir, "onnx", tmp_path / "m.onnx")
+    wrapped, _ = exportable(run_dir)
+    x = torch.rand(7, 1, 8, 8)  # a batch size the export never saw: the batch axis is dynamic
+    with torch.no_grad():
+        expected = wrapped(x).numpy()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"images": x.numpy()})
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    # and the export includes the normalisation: same as the hand-built reference on [0, 1] images
+    images = (x * 255).round().to(torch.uint8)
+    ref, _ = _reference_probs(run_dir, images)
+    (logits,) = session.run(None, {"images": (images.float() / 255).numpy()})
+    np.testing.assert_allclose(torch.softmax(torch.from_numpy(logits), 1).numpy(), ref.numpy(), atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.load is deprecated upstream
+def test_torchscript_matches_pytorch(run_dir, tmp_path):
+    path = export(run_dir, "torchscript", tmp_path / "m.pt")
+    loaded = torch.jit.load(str(path))
+    wrapped, _ = exportable(run_dir)
+    x = torch.rand(3, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), wrapped(x))
+
+
+def test_export_refuses_unknown_format(run_dir):
+    with pytest.raises(CnnlabError, match="unknown export format 'tflite'"):
+        export(run_dir, "tflite")
+
+
+def test_predict_converts_any_image_like_the_training_data(run_dir, tmp_path):
+    ds = load_dataset("digits")
+    img = ds.test.images[0, 0]  # (8, 8) uint8
+    gray = tmp_path / "digit.png"
+    Image.fromarray(img.numpy(), mode="L").save(gray)
+    # the same digit as a 32x32 RGB JPEG-free PNG: predict must convert it to 8x8 grayscale itself
+    big = tmp_path / "digit_rgb.png"
+    Image.fromarray(img.numpy(), mode="L").resize((32, 32), Image.Resampling.NEAREST).convert("RGB").save(big)
+    ref, card = _reference_probs(run_dir, img.view(1, 1, 8, 8))
+    (p,) = predict(run_dir, [gray], top_k=3)
+    top_class, top_prob = p.top[0]
+    assert top_class == card.classes[int(ref.argmax())]
+    assert top_prob == pytest.approx(float(ref.max()), abs=1e-5)
+    assert [prob for _, prob in p.top] == sorted((prob for _, prob in p.top), reverse=True)
+    (q,) = predict(run_dir, [big], top_k=3)
+    # PIL's bilinear downscale of a nearest-neighbour 4x upscale returns close to the original pixels
+    assert q.top[0][0] == top_class
+
+
+def test_predict_refuses_a_non_image(run_dir, tmp_path):
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not an image")
+    with pytest.raises(CnnlabError, match="cannot read image"):
+        predict(run_dir, [bad])
+
+
+@pytest.mark.slow
+def test_cli_eval_predict_export(run_dir, tmp_path):
+    proc = run_cli("eval", str(run_dir), check=True)
+    assert "accuracy" in proc.stdout and "confusion matrix" in proc.stdout
+    metrics = open_run(run_dir).read_metrics()
+    best = max(m["test_accuracy"] for m in metrics)
+    assert f"accuracy {100 * best:.2f}%" in proc.stdout  # the same test set, the same best weights
+    img = tmp_path / "d.png"
+    Image.fromarray(load_dataset("digits").test.images[1, 0].numpy(), mode="L").save(img)
+    proc = run_cli("predict", str(run_dir), str(img), "--top-k", "2", check=True)
+    assert proc.stdout.startswith(str(img)) and proc.stdout.count("%") == 2
+    proc = run_cli("export", str(run_dir), "--format", "torchscript", "--out", str(tmp_path / "x.pt"), check=True)
+    assert (tmp_path / "x.pt").exists() and (tmp_path / "x.pt.json").exists()
+    proc = run_cli("eval", str(tmp_path / "nowhere"))
+    assert proc.returncode == 2 and "run directory not found" in proc.stderr
