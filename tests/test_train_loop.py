@@ -75,15 +75,15 @@ def _script(body: str) -> str:
         """
         import os, signal, sys
         from cnnlab.train import Callback, train
-        OPTS = %r
+        OPTS = __OPTS__
         class Stop(Callback):
             def __init__(self, epoch, step, sig):
                 self.at, self.sig = (epoch, step), sig
             def on_step_end(self, trainer, epoch, step):
                 if (epoch, step) == self.at:
                     os.kill(os.getpid(), self.sig)
-        """ % (OPTS,)
-    ) + textwrap.dedent(body)
+        """
+    ).replace("__OPTS__", repr(OPTS)) + textwrap.dedent(body)
 
 
 @pytest.mark.slow

@@ -10,8 +10,8 @@ Each op is split in two so that its randomness can be inspected and tested:
     params = op.sample(x.shape, generator, x.device)  # dict of (N,) tensors: what was drawn per sample
     y = op.apply(x, params)                           # deterministic given params
 and `op(x, generator)` does both. Samples that the probability `p` skips get identity parameters.
-Flips, crops, translations and nearest-neighbour scaling are also "index maps" (output pixel -> input
-pixel), which a Pipeline composes so that a run of them costs one gather.
+Ops that only move pixels also describe themselves as an index map (flips, crops, translations, nearest
+zoom) or as bilinear taps (zoom, resized crop), which a Pipeline composes (see `_gather.py`).
 
 Reproducibility: pass a `torch.Generator`; draws are made on the generator's device and moved to the
 batch's device, so a CPU generator gives the same parameters for a CPU or a CUDA batch (use a CUDA
@@ -29,13 +29,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from cnnlab.augment._gather import IndexMap, Taps, remap, resample
 from cnnlab.errors import CnnlabError, did_you_mean
 
 Size = tuple[int, int, int]  # (C, H, W)
 Params = dict[str, Tensor]  # per-sample parameters, each (N,)
 Shape = tuple[int, ...]  # (N, C, H, W), e.g. x.shape
 Device = torch.device | str
-IndexMap = tuple[Tensor, Tensor]  # rows (N, h) and cols (N, w): int64 source indices, -1 = fill with 0
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -63,97 +63,6 @@ def _randint(u: Tensor, high: int | Tensor) -> Tensor:
 def _per_sample(v: Tensor, x: Tensor) -> Tensor:
     """(N,) -> (N, 1, 1, 1) in x's dtype, to broadcast a per-sample factor over (N, C, H, W)."""
     return v.to(x.dtype).view(-1, 1, 1, 1)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Integer-index geometry. Flips, crops, translations and nearest scaling all say "output pixel (i, j) of
-# sample n reads input pixel (rows[n, i], cols[n, j])", index -1 meaning "outside: fill with 0". The map
-# is separable (rows and columns independent), composes by indexing, and one gather applies it.
-
-
-def remap(x: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
-    """out[n, c, i, j] = x[n, c, rows[n, i], cols[n, j]], or 0 where rows or cols is -1.
-
-    x: (N, C, H, W); rows: (N, h); cols: (N, w) -> (N, C, h, w), x's dtype.
-    """
-    n, c, h_in, w_in = x.shape
-    h, w = rows.shape[1], cols.shape[1]
-    index = rows.clamp(min=0)[:, :, None] * w_in + cols.clamp(min=0)[:, None, :]  # (N, h, w)
-    # The index is expanded over channels (stride 0), not copied: one int64 per output pixel, not C.
-    out = x.reshape(n, c, h_in * w_in).gather(2, index.view(n, 1, h * w).expand(n, c, h * w)).view(n, c, h, w)
-    outside = (rows < 0)[:, :, None] | (cols < 0)[:, None, :]  # (N, h, w)
-    return out.masked_fill_(outside.unsqueeze(1), 0) if _may_fill(rows, cols) else out
-
-
-def _may_fill(rows: Tensor, cols: Tensor) -> bool:
-    # On CUDA the check would synchronise; masking unconditionally is cheaper there.
-    return rows.device.type != "cpu" or bool((rows < 0).any() or (cols < 0).any())
-
-
-def compose_index(first: Tensor, then: Tensor) -> Tensor:
-    """One axis of two index maps applied in turn: out -> (then) -> mid -> (first) -> in; (N, n)."""
-    return torch.where(then >= 0, first.gather(1, then.clamp(min=0)), -1)
-
-
-def compose_maps(first: IndexMap, then: IndexMap) -> IndexMap:
-    """The map of applying `first` then `then`."""
-    return compose_index(first[0], then[0]), compose_index(first[1], then[1])
-
-
-def reflect_index(i: Tensor, size: int) -> Tensor:
-    """Mirror indices in [-(size-1), 2*size-2] into [0, size) without repeating the edge pixel
-    (the convention of numpy's and torch's "reflect" padding)."""
-    i = i.abs()
-    return torch.where(i >= size, 2 * (size - 1) - i, i)
-
-
-def _fill(i: Tensor, size: int, mode: str) -> Tensor:
-    """Indices outside [0, size): -1 ("zero"), clamped ("border"), or mirrored: "reflect" without
-    repeating the edge pixel (torch.nn.functional.pad), "symmetric" about the pixel edge, repeating it
-    (grid_sample's "reflection"). Mirroring is done once, then clamped, for shifts beyond the image."""
-    if mode == "reflect":
-        return reflect_index(i, size).clamp_(0, size - 1)
-    if mode == "symmetric":
-        i = torch.where(i < 0, -1 - i, i)
-        return torch.where(i >= size, 2 * size - 1 - i, i).clamp_(0, size - 1)
-    if mode == "border":
-        return i.clamp(0, size - 1)
-    return torch.where((i >= 0) & (i < size), i, -1)
-
-
-# Bilinear resampling along axis-aligned maps (zoom, resized crop) is separable too: each output row
-# reads two input rows (taps) with weights (1 - w, w), and the same for columns. Expressed as four
-# index-map gathers, it is exactly grid_sample's bilinear, composes with pending index maps (a flip and
-# a crop before a zoom cost nothing extra), and on CPU runs faster than grid_sample.
-
-Taps = tuple[Tensor, Tensor, Tensor]  # index of the lower tap, of the upper tap (N, n), upper weight (N, n)
-
-
-def linear_taps(src: Tensor, size: int, mode: str) -> Taps:
-    """Bilinear taps for continuous source coordinates src (N, n) in pixels (pixel centres at 0..size-1)."""
-    lo = torch.floor(src)
-    weight = src - lo
-    lo = lo.long()
-    return _fill(lo, size, mode), _fill(lo + 1, size, mode), weight
-
-
-def resample(x: Tensor, rows: Taps, cols: Taps, pending: IndexMap | None = None) -> Tensor:
-    """out[n, c, i, j] = bilinear blend of x at the taps (after the index map `pending`, if any).
-
-    x: (N, C, H, W) -> (N, C, h, w) with h, w the taps' lengths; blended in float32."""
-    (r0, r1, wy), (c0, c1, wx) = rows, cols
-    if pending is not None:
-        r0, r1 = compose_index(pending[0], r0), compose_index(pending[0], r1)
-        c0, c1 = compose_index(pending[1], c0), compose_index(pending[1], c1)
-    xf = x if x.dtype in (torch.float32, torch.float64) else x.float()
-    wx = wx[:, None, None, :].to(xf.dtype)  # (N, 1, 1, w)
-    top = torch.lerp(remap(xf, r0, c0), remap(xf, r0, c1), wx)
-    bottom = torch.lerp(remap(xf, r1, c0), remap(xf, r1, c1), wx)
-    return torch.lerp(top, bottom, wy[:, None, :, None].to(xf.dtype)).clamp_(0.0, 1.0).to(x.dtype)
-
-
-def _arange(n: int, length: int, device: torch.device) -> Tensor:
-    return torch.arange(length, device=device).expand(n, length)
 
 
 # ----------------------------------------------------------------------------------------------------

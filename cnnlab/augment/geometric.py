@@ -1,6 +1,6 @@
 """Geometric ops: they move pixels. Flip, crop, translate and nearest scaling are index maps (exact,
 composable into one gather); bilinear scaling and the resized crop are separable bilinear resamplers
-(four gathers and a blend, identical to grid_sample's bilinear)."""
+(row and column selections and a blend, identical to grid_sample's bilinear)."""
 
 from __future__ import annotations
 
@@ -13,24 +13,20 @@ from torch import Tensor
 
 from cnnlab.augment._base import (
     Device,
-    IndexMap,
     Op,
     Params,
     Shape,
     Size,
-    Taps,
-    _arange,
     _check_choice,
     _check_magnitude,
     _check_p,
     _check_range,
-    _fill,
     _format_value,
     _lerp,
     _rand,
     _randint,
-    linear_taps,
 )
+from cnnlab.augment._gather import IndexMap, Taps, arange_rows, fill_index, linear_taps
 from cnnlab.errors import CnnlabError
 
 # ---------------------------------------------------------------------------------------------------- flips
@@ -53,7 +49,7 @@ class Flip(Op):
     def index_map(self, params: Params, shape: Shape) -> IndexMap:
         n, _, h, w = shape
         flip = params["flip"][:, None]  # (N, 1)
-        rows, cols = _arange(n, h, flip.device), _arange(n, w, flip.device)
+        rows, cols = arange_rows(n, h, flip.device), arange_rows(n, w, flip.device)
         if self.vertical:
             return torch.where(flip, h - 1 - rows, rows), cols
         return rows, torch.where(flip, w - 1 - cols, cols)
@@ -123,9 +119,9 @@ class Crop(Op):
         n, _, h, w = shape
         wh, ww = self._window(h, w)
         device = params["top"].device
-        rows = params["top"][:, None] - self.pad + _arange(n, wh, device)  # (N, wh) in image coordinates
-        cols = params["left"][:, None] - self.pad + _arange(n, ww, device)  # (N, ww)
-        return _fill(rows, h, self.mode), _fill(cols, w, self.mode)
+        rows = params["top"][:, None] - self.pad + arange_rows(n, wh, device)  # (N, wh) in image coordinates
+        cols = params["left"][:, None] - self.pad + arange_rows(n, ww, device)  # (N, ww)
+        return fill_index(rows, h, self.mode), fill_index(cols, w, self.mode)
 
 
 @dataclass(frozen=True)
@@ -156,9 +152,9 @@ class Translate(Op):
     def index_map(self, params: Params, shape: Shape) -> IndexMap:
         n, _, h, w = shape
         device = params["dy"].device
-        rows = _arange(n, h, device) - params["dy"][:, None]
-        cols = _arange(n, w, device) - params["dx"][:, None]
-        return _fill(rows, h, "zero"), _fill(cols, w, "zero")
+        rows = arange_rows(n, h, device) - params["dy"][:, None]
+        cols = arange_rows(n, w, device) - params["dx"][:, None]
+        return fill_index(rows, h, "zero"), fill_index(cols, w, "zero")
 
 
 # ---------------------------------------------------------------------------------------------------- scaling
@@ -173,8 +169,8 @@ class Scale(Op):
     Zoom factor s uniform in `factor` per sample: s > 1 zooms in (objects look bigger, the border is
     cut off), s < 1 zooms out (the border is filled by `mode`: "zero"; "reflect", mirrored about the
     image edge; or "border", the edge pixel repeated). Output pixel (i, j) reads the input at
-    c + (i - c) / s with c the image centre, interpolated by `interp`: "bilinear" (grid_sample) or
-    "nearest" (an exact gather, much faster, as torchvision's RandomAffine default). Output size =
+    c + (i - c) / s with c the image centre, interpolated by `interp`: "bilinear" (same values as grid_sample's) or
+    "nearest" (one exact gather, faster; torchvision's RandomAffine default). Output size =
     input size."""
 
     name: ClassVar[str] = "scale"
@@ -201,7 +197,7 @@ class Scale(Op):
         """(N, size) input coordinate read by each output pixel along one axis, in pixels."""
         inv = 1.0 / params["scale"][:, None]  # (N, 1): a zoom by s reads a window 1/s as wide
         centre = (size - 1) / 2
-        return (_arange(n, size, inv.device) - centre) * inv + centre
+        return (arange_rows(n, size, inv.device) - centre) * inv + centre
 
     def index_map(self, params: Params, shape: Shape) -> IndexMap | None:
         if self.interp != "nearest":
@@ -209,7 +205,7 @@ class Scale(Op):
         n, _, h, w = shape
         mode = _PAD_MODES[self.mode]
         return tuple(  # type: ignore[return-value]
-            _fill(torch.floor(self._source(params, n, size) + 0.5).long(), size, mode) for size in (h, w)
+            fill_index(torch.floor(self._source(params, n, size) + 0.5).long(), size, mode) for size in (h, w)
         )
 
     def taps(self, params: Params, shape: Shape) -> tuple[Taps, Taps] | None:
@@ -267,7 +263,7 @@ class ResizedCrop(Op):
         def axis(start: Tensor, length: Tensor, out: int, size: int) -> Taps:
             # Output pixel i samples the box at start + (i + 0.5) * length / out - 0.5 (pixel centres).
             step = (length / out)[:, None]
-            src = start[:, None] + (_arange(n, out, start.device) + 0.5) * step - 0.5
+            src = start[:, None] + (arange_rows(n, out, start.device) + 0.5) * step - 0.5
             return linear_taps(src, size, "border")
 
         return (axis(params["top"], params["height"], oh, h), axis(params["left"], params["width"], ow, w))

@@ -6,7 +6,8 @@ One class per operation, in `geometric.py` (flip, vflip, crop, translate, scale,
 
 from __future__ import annotations
 
-from cnnlab.augment._base import Op, check_batch, format_number, remap
+from cnnlab.augment._base import Op, check_batch, format_number
+from cnnlab.augment._gather import remap
 from cnnlab.augment.geometric import Crop, Flip, ResizedCrop, Scale, Translate, VFlip
 from cnnlab.augment.photometric import LUMA_601, Contrast, Erase, Exposure, Saturation, luma
 

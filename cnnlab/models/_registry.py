@@ -65,6 +65,15 @@ def model_info(name: str) -> ModelInfo:
         ) from None
 
 
+def check_options(variant: str, kwargs: dict, allowed: tuple[str, ...]) -> None:
+    """Refuse unknown builder options up front, naming the ones that exist."""
+    for key in kwargs:
+        if key not in allowed:
+            raise CnnlabError(
+                f"{variant} has no option {key!r}{did_you_mean(key, allowed)}; options: {', '.join(allowed)}"
+            )
+
+
 def is_model_name(name: str) -> bool:
     return name in _REGISTRY
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cnnlab.errors import CnnlabError, did_you_mean
+from cnnlab.errors import CnnlabError
 from cnnlab.models._base import ConvNet
-from cnnlab.models._registry import register_model
+from cnnlab.models._registry import check_options, register_model
 
 __all__ = ["AlexNet", "alexnet"]
 
@@ -96,17 +96,8 @@ class AlexNet(ConvNet):
 _OPTIONS = ("num_classes", "in_channels", "dropout")
 
 
-def _check_options(variant: str, kwargs: dict, allowed: tuple[str, ...]) -> None:
-    """Refuse unknown options up front, naming the ones that exist."""
-    for key in kwargs:
-        if key not in allowed:
-            raise CnnlabError(
-                f"{variant} has no option {key!r}{did_you_mean(key, allowed)}; options: {', '.join(allowed)}"
-            )
-
-
 def _create_alexnet(variant: str, **kwargs) -> AlexNet:
-    _check_options(variant, kwargs, _OPTIONS)
+    check_options(variant, kwargs, _OPTIONS)
     return AlexNet(**kwargs)
 
 

@@ -16,7 +16,8 @@ Where torchvision differs from the paper, and what we do:
   when you load them. Default False, as torchvision's untrained model.
 - The two auxiliary classifiers are off by default (`aux_logits=False`: 6,624,904 parameters at 1000
   classes). With `aux_logits=True` they exist under torchvision's names (`aux1`, `aux2`), so the full
-  published checkpoint loads with `strict=True`, and in training mode `forward` returns
+  published checkpoint loads with `strict=True` (without them, drop its `aux1.*`/`aux2.*` keys first,
+  as torchvision does), and in training mode `forward` returns
   `GoogLeNetOutputs(logits, aux_logits2, aux_logits1)` like torchvision (add 0.3 x each aux loss, as
   in the paper); in eval mode it returns the logits alone.
 """
@@ -29,9 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnlab.errors import CnnlabError, did_you_mean
+from cnnlab.errors import CnnlabError
 from cnnlab.models._base import ConvNet
-from cnnlab.models._registry import register_model
+from cnnlab.models._registry import check_options, register_model
 
 __all__ = ["INCEPTION_CFG", "BasicConv2d", "GoogLeNet", "GoogLeNetOutputs", "Inception", "InceptionAux",
            "googlenet"]
@@ -284,17 +285,8 @@ def _init_weights(m: nn.Module) -> None:
 _OPTIONS = ("num_classes", "in_channels", "transform_input", "paper_5x5", "aux_logits", "dropout")
 
 
-def _check_options(variant: str, kwargs: dict, allowed: tuple[str, ...]) -> None:
-    """Refuse unknown options up front, naming the ones that exist."""
-    for key in kwargs:
-        if key not in allowed:
-            raise CnnlabError(
-                f"{variant} has no option {key!r}{did_you_mean(key, allowed)}; options: {', '.join(allowed)}"
-            )
-
-
 def _create_googlenet(variant: str, **kwargs) -> GoogLeNet:
-    _check_options(variant, kwargs, _OPTIONS)
+    check_options(variant, kwargs, _OPTIONS)
     return GoogLeNet(**kwargs)
 
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cnnlab.errors import CnnlabError, did_you_mean
+from cnnlab.errors import CnnlabError
 from cnnlab.models._base import ConvNet
-from cnnlab.models._registry import register_model
+from cnnlab.models._registry import check_options, register_model
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
 
@@ -198,19 +198,10 @@ class ResNet(ConvNet):
 _OPTIONS = ("num_classes", "in_channels", "zero_init_residual")
 
 
-def _check_options(variant: str, kwargs: dict, allowed: tuple[str, ...]) -> None:
-    """Refuse unknown options up front, naming the ones that exist."""
-    for key in kwargs:
-        if key not in allowed:
-            raise CnnlabError(
-                f"{variant} has no option {key!r}{did_you_mean(key, allowed)}; options: {', '.join(allowed)}"
-            )
-
-
 def _create_resnet(
     variant: str, block: type[BasicBlock | Bottleneck], layers: tuple[int, int, int, int], **kwargs
 ) -> ResNet:
-    _check_options(variant, kwargs, _OPTIONS)
+    check_options(variant, kwargs, _OPTIONS)
     return ResNet(block, layers, **kwargs)
 
 

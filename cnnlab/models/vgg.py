@@ -20,9 +20,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cnnlab.errors import CnnlabError, did_you_mean
+from cnnlab.errors import CnnlabError
 from cnnlab.models._base import ConvNet
-from cnnlab.models._registry import register_model
+from cnnlab.models._registry import check_options, register_model
 
 __all__ = ["CFGS", "VGG", "make_layers", "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn",
            "vgg19", "vgg19_bn"]
@@ -144,17 +144,8 @@ def _init_weights(m: nn.Module) -> None:
 _OPTIONS = ("num_classes", "in_channels", "dropout")
 
 
-def _check_options(variant: str, kwargs: dict, allowed: tuple[str, ...]) -> None:
-    """Refuse unknown options up front, naming the ones that exist."""
-    for key in kwargs:
-        if key not in allowed:
-            raise CnnlabError(
-                f"{variant} has no option {key!r}{did_you_mean(key, allowed)}; options: {', '.join(allowed)}"
-            )
-
-
 def _create_vgg(variant: str, batch_norm: bool, **kwargs) -> VGG:
-    _check_options(variant + ("_bn" if batch_norm else ""), kwargs, _OPTIONS)
+    check_options(variant + ("_bn" if batch_norm else ""), kwargs, _OPTIONS)
     return VGG(CFGS[variant], batch_norm=batch_norm, **kwargs)
 
 

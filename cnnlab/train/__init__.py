@@ -13,11 +13,15 @@ distributed (DDP), recipes, lr_find, evaluate, predict, export, progress, plots.
 from cnnlab.train.api import resolve_config, train
 from cnnlab.train.config import TrainConfig
 from cnnlab.train.evaluate import EvalResult, evaluate
+from cnnlab.train.export import export
 from cnnlab.train.loop import Callback, NonFiniteLossError, Trainer, TrainingInterrupted, TrainResult
+from cnnlab.train.lr_find import LrFindResult, lr_find
+from cnnlab.train.predict import Prediction, predict
 from cnnlab.train.recipes import RECIPES
 from cnnlab.train.run import ModelCard, RunDir, open_run
 
 __all__ = [
-    "RECIPES", "Callback", "EvalResult", "ModelCard", "NonFiniteLossError", "RunDir", "TrainConfig", "TrainResult",
-    "Trainer", "TrainingInterrupted", "evaluate", "open_run", "resolve_config", "train",
+    "RECIPES", "Callback", "EvalResult", "LrFindResult", "ModelCard", "NonFiniteLossError", "Prediction", "RunDir",
+    "TrainConfig", "TrainResult", "Trainer", "TrainingInterrupted", "evaluate", "export", "lr_find", "open_run",
+    "predict", "resolve_config", "train",
 ]

@@ -17,7 +17,7 @@ from torch import nn
 
 from cnnlab.errors import CnnlabError
 from cnnlab.train.config import TrainConfig, load_config_file, merge
-from cnnlab.train.loop import Callback, TrainResult, Trainer
+from cnnlab.train.loop import Callback, Trainer, TrainResult
 from cnnlab.train.recipes import recipe_options
 
 # Options that may change when a run is resumed; everything else must stay as the run started.

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from cnnlab.errors import CnnlabError, did_you_mean
 

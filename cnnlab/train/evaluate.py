@@ -35,7 +35,7 @@ class EvalResult:
         totals = self.confusion.sum(dim=1).double()
         right = self.confusion.diag().double()
         acc = torch.where(totals > 0, right / totals.clamp_min(1), torch.full_like(totals, float("nan")))
-        return {c: float(a) for c, a in zip(self.classes, acc)}
+        return {c: float(a) for c, a in zip(self.classes, acc, strict=True)}
 
     def table(self) -> str:
         """Per-class accuracy and the confusion matrix as text."""
@@ -44,7 +44,7 @@ class EvalResult:
         lines = [f"accuracy {100 * self.accuracy:.2f}% on {self.count} images, loss {self.loss:.4f}", "",
                  f"{'class':<{width}}  accuracy  images"]
         totals = self.confusion.sum(dim=1)
-        for (name, acc), n in zip(self.per_class.items(), totals.tolist()):
+        for (name, acc), n in zip(self.per_class.items(), totals.tolist(), strict=True):
             lines.append(f"{name:<{width}}  {100 * acc:7.2f}%  {n:6d}")
         if k <= 20:
             cell = max(5, len(str(int(self.confusion.max()))) + 1)

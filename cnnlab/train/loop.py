@@ -31,7 +31,13 @@ from torch import nn
 
 from cnnlab.errors import CnnlabError
 from cnnlab.train import distributed
-from cnnlab.train.checkpoint import list_checkpoints, load_latest_checkpoint, rng_state, save_checkpoint, set_rng_state
+from cnnlab.train.checkpoint import (
+    list_checkpoints,
+    load_latest_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from cnnlab.train.config import TrainConfig
 from cnnlab.train.evaluate import EvalResult, evaluate_split
 from cnnlab.train.inputs import Preprocess, load_data, parse_augment
@@ -367,7 +373,7 @@ class Trainer:
                 raise TrainingInterrupted(
                     f"stopped by {name} in epoch {epoch + 1} at step {step}; checkpoint saved, continue with "
                     f"`cnnlab train --resume {self.run.path}`", self._stop_signal or signal.SIGTERM)
-            bar.update(step, count, lambda: (float(loss_sum) / max(count, 1), float(correct) / max(count, 1)))
+            bar.update(step, count, lambda ls=loss_sum, k=correct, n=count: (float(ls) / max(n, 1), float(k) / max(n, 1)))
         bar.close()
         if step == 0:
             raise CnnlabError("the training split yielded no batches; check the dataset")

@@ -71,5 +71,5 @@ def predict(run: str | Path, images: list[str | Path], *, top_k: int = 5, which:
     probs = predict_tensor(model, card, batch)
     k = min(top_k, card.num_classes)
     values, indices = probs.topk(k, dim=1)
-    return [Prediction(str(path), [(card.classes[i], float(v)) for v, i in zip(vs.tolist(), ix.tolist())])
-            for path, vs, ix in zip(images, values, indices)]
+    return [Prediction(str(path), [(card.classes[i], float(v)) for v, i in zip(vs.tolist(), ix.tolist(), strict=True)])
+            for path, vs, ix in zip(images, values, indices, strict=True)]

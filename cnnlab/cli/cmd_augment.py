@@ -1,0 +1,54 @@
+"""`cnnlab augment`: look at what an augmentation pipeline does, as a grid picture.
+
+    cnnlab augment --data fashion-mnist --augment lecture --out grid.png [--n 8 --copies 7 --seed 0]
+    cnnlab augment --list          # the ops, their parameters and defaults, the presets
+"""
+
+from __future__ import annotations
+
+import argparse
+
+ORDER = 40
+
+EPILOG = """pipeline strings: ops separated by commas, each NAME[:MAIN][:KEY=VALUE...], ranges LO-HI:
+  "flip,crop:4,scale:0.8-1.2,exposure:0.3,saturation:0.3"  (= the preset "lecture")
+  "lecture,erase"   "crop:4:mode=zero,erase:0.1-0.2:p=1"   (see --list)"""
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "augment",
+        help="save a grid of images and their augmented copies (see what a pipeline does)",
+        description="Save a picture: the first --n training images of --data in the first column, then "
+                    "--copies augmentations of each by the --augment pipeline.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--data", metavar="NAME", help="dataset, as in `cnnlab data list` (e.g. fashion-mnist, digits)")
+    p.add_argument("--augment", metavar="PIPELINE", default="lecture",
+                   help="pipeline string or preset (default: lecture)")
+    p.add_argument("--out", metavar="FILE", help="picture to write (.png, .jpg or .webp); its folder must exist")
+    p.add_argument("--n", type=int, default=8, help="number of images, one per row (default 8)")
+    p.add_argument("--copies", type=int, default=7, help="augmented copies per image (default 7)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the augmentation randomness (default 0)")
+    p.add_argument("--data-dir", metavar="DIR", help="where to look for the dataset files")
+    p.add_argument("--list", action="store_true", help="list the ops, their parameters and the presets")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from cnnlab.augment import describe_ops, parse_pipeline, preview  # noqa: PLC0415 - keep --help fast
+    from cnnlab.errors import CnnlabError  # noqa: PLC0415
+
+    if args.list:
+        print(describe_ops())
+        return 0
+    pipeline = parse_pipeline(args.augment)  # a bad pipeline is reported before anything else
+    if not args.data or not args.out:
+        missing = " and ".join(f"--{k}" for k in ("data", "out") if not getattr(args, k))
+        raise CnnlabError(f"{missing} required, e.g. cnnlab augment --data fashion-mnist --out grid.png")
+    out = preview(args.data, pipeline, args.out, n=args.n, copies=args.copies, seed=args.seed,
+                  data_dir=args.data_dir)
+    print(f"wrote {out}: {args.n} images x (original + {args.copies} copies) of '{pipeline}' (seed {args.seed})")
+    return 0
