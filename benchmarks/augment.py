@@ -2,13 +2,15 @@
 
 The usual way: torchvision v2 transforms applied per sample inside a DataLoader (num_workers=2,
 batch 128) with the lecture's five ops: RandomHorizontalFlip, RandomCrop(padding=4, reflect),
-RandomAffine(scale=(0.8, 1.2), bilinear), ColorJitter(brightness=0.3, saturation=0.3).
-cnnlab: the same five as one batched pipeline ("lecture") on batches of 128 in the main process,
+RandomAffine(degrees=0, scale=(0.8, 1.2)), ColorJitter(brightness=0.3, saturation=0.3).
+cnnlab: the same five as one batched pipeline on batches of 128 in the main process,
 `torch.set_num_threads(threads)`. Both start from the same in-memory uint8 images and end with float
-batches in [0, 1]; both include the shuffle and the uint8 -> float conversion.
+batches in [0, 1]; both include the shuffle and the uint8 -> float conversion. The zoom is measured
+both ways, each against its torchvision equivalent: bilinear (cnnlab's default, "lecture") and nearest
+(torchvision RandomAffine's default, "scale:...:interp=nearest").
 Then: one epoch of shuffled, augmented Fashion-MNIST batches (batch 128, 60,000 images).
 
-    .venv/bin/python benchmarks/augment.py [--threads 2] [--quick]
+    .venv/bin/python benchmarks/augment.py [--threads 2,1] [--quick]
 
 Targets: >= 10x the usual way at 1x28x28, >= 3x at 3x224x224, an epoch in < 1 s on 2 cores.
 Times depend on the machine and its load; nothing here asserts them.
@@ -26,10 +28,12 @@ import torchvision
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from cnnlab.augment import parse_pipeline, to_unit_float
+from cnnlab.augment import parse_pipeline
 
 BATCH = 128
 PIPELINE = "lecture"  # flip,crop:4,scale:0.8-1.2,exposure:0.3,saturation:0.3
+NEAREST = "flip,crop:4,scale:0.8-1.2:interp=nearest,exposure:0.3,saturation:0.3"
+INTERP = {"bilinear": (PIPELINE, v2.InterpolationMode.BILINEAR), "nearest": (NEAREST, v2.InterpolationMode.NEAREST)}
 
 
 def cpu_model() -> str:
@@ -46,14 +50,14 @@ def cpu_model() -> str:
 class UsualDataset(Dataset):
     """In-memory uint8 images, each transformed on its own by torchvision v2, as tutorials do."""
 
-    def __init__(self, images: torch.Tensor):
+    def __init__(self, images: torch.Tensor, interpolation: v2.InterpolationMode):
         self.images = images
         size = images.shape[-1]
         self.transform = v2.Compose([
             v2.ToDtype(torch.float32, scale=True),
             v2.RandomHorizontalFlip(),
             v2.RandomCrop(size, padding=4, padding_mode="reflect"),
-            v2.RandomAffine(degrees=0, scale=(0.8, 1.2), interpolation=v2.InterpolationMode.BILINEAR),
+            v2.RandomAffine(degrees=0, scale=(0.8, 1.2), interpolation=interpolation),
             v2.ColorJitter(brightness=0.3, saturation=0.3),
         ])
 
@@ -64,9 +68,9 @@ class UsualDataset(Dataset):
         return self.transform(self.images[i]), 0
 
 
-def time_usual(images: torch.Tensor) -> float:
+def time_usual(images: torch.Tensor, interpolation: v2.InterpolationMode) -> float:
     """Images per second through a DataLoader with 2 workers (after a warm-up epoch)."""
-    loader = DataLoader(UsualDataset(images), batch_size=BATCH, shuffle=True, num_workers=2,
+    loader = DataLoader(UsualDataset(images, interpolation), batch_size=BATCH, shuffle=True, num_workers=2,
                         persistent_workers=True)
     for _ in loader:  # warm-up: worker start-up is not counted
         pass
@@ -76,16 +80,17 @@ def time_usual(images: torch.Tensor) -> float:
     return n / dt
 
 
-def time_cnnlab(images: torch.Tensor, repeats: int) -> float:
-    """Images per second: shuffled batches of the in-memory uint8 tensor, converted and augmented."""
-    pipeline = parse_pipeline(PIPELINE)
+def time_cnnlab(images: torch.Tensor, spec: str, repeats: int) -> float:
+    """Images per second: shuffled batches of the in-memory uint8 tensor, converted and augmented
+    (the pipeline takes uint8 and converts chunk by chunk)."""
+    pipeline = parse_pipeline(spec)
     g = torch.Generator().manual_seed(0)
 
     def epoch() -> int:
         order = torch.randperm(len(images), generator=g)
         n = 0
         for i in range(0, len(images), BATCH):
-            x = pipeline(to_unit_float(images[order[i:i + BATCH]]), g)
+            x = pipeline(images[order[i:i + BATCH]], g)
             n += len(x)
         return n
 
@@ -95,20 +100,18 @@ def time_cnnlab(images: torch.Tensor, repeats: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def fashion_epoch() -> tuple[float, str]:
-    """Seconds to serve one epoch of shuffled, augmented batches of 128 (best of 3)."""
-    pipeline = parse_pipeline(PIPELINE)
+def load_fashion() -> tuple[object, str]:
+    """The Fashion-MNIST train split from cnnlab.data, else a same-shape random uint8 stand-in."""
     try:
         from cnnlab.data import load_dataset
 
         split = load_dataset("fashion-mnist").train
-        source = f"Fashion-MNIST train split via cnnlab.data ({len(split)} images)"
+        return split, f"Fashion-MNIST train split via cnnlab.data ({len(split)} images, in memory)"
     except Exception as e:  # noqa: BLE001 - fall back to same-shape random data, and say so
         images = torch.randint(0, 256, (60_000, 1, 28, 28), dtype=torch.uint8)
-        labels = torch.randint(0, 10, (60_000,))
 
-        class _Split:
-            def __len__(self):
+        class RandomSplit:
+            def __len__(self) -> int:
                 return len(images)
 
             def batches(self, batch_size, *, shuffle=False, seed=0, epoch=0, **_):
@@ -116,45 +119,63 @@ def fashion_epoch() -> tuple[float, str]:
                 order = torch.randperm(len(images), generator=g) if shuffle else torch.arange(len(images))
                 for i in range(0, len(images), batch_size):
                     idx = order[i:i + batch_size]
-                    yield images[idx], labels[idx]
+                    yield images[idx], idx
 
-        split = _Split()
-        source = f"random uint8 (60000, 1, 28, 28) tensor (cnnlab.data unavailable: {type(e).__name__}: {e})"
+        return RandomSplit(), f"a random uint8 (60000, 1, 28, 28) tensor (cnnlab.data: {type(e).__name__}: {e})"
+
+
+def time_epoch(split, spec: str) -> float:
+    """Seconds to serve one epoch of shuffled, augmented float batches of 128 (best of 3 after a warm-up)."""
+    pipeline = parse_pipeline(spec)
     g = torch.Generator().manual_seed(0)
     times = []
-    for epoch in range(4):  # epoch 0 is a warm-up
+    for epoch in range(4):
         t0 = time.perf_counter()
-        n = 0
-        for batch, _ in split.batches(BATCH, shuffle=True, seed=0, epoch=epoch):
-            n += len(pipeline(to_unit_float(batch), g))
+        n = sum(len(pipeline(batch, g)) for batch, _ in split.batches(BATCH, shuffle=True, seed=0, epoch=epoch))
         if epoch:
             times.append(time.perf_counter() - t0)
     assert n == len(split)
-    return min(times), source
+    return min(times)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads for cnnlab (default 2)")
+    parser.add_argument("--threads", default="2,1",
+                        help="comma-separated torch.set_num_threads values for cnnlab (default 2,1)")
     parser.add_argument("--quick", action="store_true", help="fewer images (a smoke run)")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    threads = [int(t) for t in args.threads.split(",")]
 
-    print(f"machine: {cpu_model()}, {os.cpu_count()} logical cores, {platform.system()} {platform.release()}")
+    print(f"machine: {cpu_model()}, {os.cpu_count()} logical cores, {platform.system()} {platform.release()}, "
+          f"load average {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
     print(f"python {platform.python_version()}, torch {torch.__version__}, torchvision {torchvision.__version__}")
-    print(f"cnnlab: torch.set_num_threads({args.threads}), main process; usual way: DataLoader "
-          f"num_workers=2 (1 thread each); batch {BATCH}; pipeline {str(parse_pipeline(PIPELINE))!r}")
+    print(f"usual way: DataLoader num_workers=2 (1 torch thread each), per-sample v2 transforms; "
+          f"cnnlab: main process, torch.set_num_threads(T) for T in {threads}; batch {BATCH}")
+    print(f"pipeline: {str(parse_pipeline(PIPELINE))!r}; zoom 'nearest' row: {NEAREST!r}")
     print()
     cases = [((1, 28, 28), 2_560 if args.quick else 10_240, 5), ((3, 224, 224), 256 if args.quick else 512, 2)]
-    print(f"{'images':>12} {'usual (img/s)':>14} {'cnnlab (img/s)':>15} {'ratio':>7}")
+    header = f"{'images':>9} {'zoom':>8} {'usual img/s':>12}" + "".join(
+        f" {f'cnnlab T={t}':>12} {'ratio':>6}" for t in threads)
+    print(header)
     for shape, count, repeats in cases:
         images = torch.randint(0, 256, (count, *shape), dtype=torch.uint8)
-        usual = time_usual(images)
-        ours = time_cnnlab(images, repeats)
-        print(f"{'x'.join(map(str, shape)):>12} {usual:>14,.0f} {ours:>15,.0f} {ours / usual:>6.1f}x", flush=True)
+        for interp, (spec, tv_interp) in INTERP.items():
+            usual = time_usual(images, tv_interp)
+            row = f"{'x'.join(map(str, shape)):>9} {interp:>8} {usual:>12,.0f}"
+            for t in threads:
+                torch.set_num_threads(t)
+                ours = time_cnnlab(images, spec, repeats)
+                row += f" {ours:>12,.0f} {ours / usual:>5.1f}x"
+            print(row, flush=True)
     print()
-    seconds, source = fashion_epoch()
-    print(f"one epoch, batch {BATCH}, shuffled + '{PIPELINE}': {seconds:.2f} s (best of 3) from {source}")
+    split, source = load_fashion()
+    print(f"one epoch of shuffled, augmented batches of {BATCH} from {source}:")
+    for spec in (PIPELINE, NEAREST):
+        cells = []
+        for t in threads:
+            torch.set_num_threads(t)
+            cells.append(f"T={t}: {time_epoch(split, spec):.2f} s")
+        print(f"  {spec!r:<75} " + ", ".join(cells) + " (best of 3)", flush=True)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,9 @@ _EXPORTS = {
     "list_datasets": "cnnlab.data",
     "to_float": "cnnlab.data",
     "Dataset": "cnnlab.data",
+    "parse_pipeline": "cnnlab.augment",
+    "Pipeline": "cnnlab.augment",
+    "augment_batches": "cnnlab.augment",
     "CnnlabError": "cnnlab.errors",
 }
 

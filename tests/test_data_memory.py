@@ -133,3 +133,12 @@ def test_accelerator_path_runs_on_meta_device(split):
     shapes = [(tuple(x.shape), x.device.type, y.device.type) for x, y in split.batches(50, shuffle=True, device="meta")]
     assert shapes == [((50, 2, 3, 3), "meta", "meta"), ((50, 2, 3, 3), "meta", "meta"), ((3, 2, 3, 3), "meta", "meta")]
     assert list(split._on_device) == ["meta"]  # the split was copied to the device once, then reused
+
+
+def test_to_float_takes_unit_floats_from_augmentation():
+    # an augmentation pipeline hands over floats in [0, 1]: normalise only, no second /255
+    x = torch.randint(0, 256, (3, 2, 4, 4), dtype=torch.uint8)
+    mean, std = (0.4, 0.6), (0.2, 0.3)
+    expected = (x.double() / 255 - torch.tensor(mean).double().view(1, 2, 1, 1)) / torch.tensor(std).double().view(1, 2, 1, 1)
+    y = to_float(x.float() / 255, mean, std)
+    assert torch.allclose(y.double(), expected, atol=1e-5)

@@ -4,9 +4,13 @@
     >>> pipeline = parse_pipeline("lecture")        # flip,crop:4,scale:0.8-1.2,exposure:0.3,saturation:0.3
     >>> g = torch.Generator().manual_seed(0)
     >>> y = pipeline(x, g)                          # x: (N, C, H, W) float in [0, 1], CPU or CUDA
+    >>> y = pipeline(images_uint8, g)               # uint8 in [0, 255] -> float32 in [0, 1]
+    >>> str(pipeline)                               # the canonical string, parses back to an equal pipeline
 
 Operations (`cnnlab augment --list`): flip, vflip, crop, translate, scale, resized_crop, exposure,
-contrast, saturation, erase. Build pipelines from Python too: `Pipeline([Flip(), Crop(pad=4)])`.
+contrast, saturation, erase; presets: lecture, cifar, erasing, imagenet. Build pipelines from Python
+too: `Pipeline([Flip(), Crop(pad=4)])`. Streams of batches (image folders after collation):
+`augment_batches(batches, pipeline)`; a torchvision transform per sample instead: `PerSample(T)`.
 """
 
 from cnnlab.augment.adapters import PerSample, augment_batches, to_unit_float

@@ -1,4 +1,4 @@
-"""The base of every augmentation op: random draws, index maps, the text form and validation.
+"""The base of every augmentation op: random draws, the text form, validation, the `Op` class.
 
 Every op takes a float batch `x` of shape (N, C, H, W) with values in [0, 1] (before normalisation),
 on any device, in float32 or bfloat16, and returns a new batch of the same dtype and device with values

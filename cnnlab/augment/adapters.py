@@ -40,8 +40,10 @@ def augment_batches(
     batch; images may be uint8 or float in [0, 1], on any device (the ops run there).
     Normalise afterwards (e.g. `cnnlab.data.to_float` works on uint8, so apply mean/std yourself)."""
     fn = parse_pipeline(augment) if isinstance(augment, str) else augment
+    # A Pipeline converts uint8 to float32 itself, chunk by chunk (cheaper than converting first).
+    convert = not (isinstance(fn, Pipeline) and dtype == torch.float32)
     for images, labels in batches:
-        yield fn(to_unit_float(images, dtype), generator), labels
+        yield fn(to_unit_float(images, dtype) if convert else images, generator), labels
 
 
 class PerSample:

@@ -159,7 +159,7 @@ class Translate(Op):
 
 # ---------------------------------------------------------------------------------------------------- scaling
 
-_PAD_MODES = {"zero": "zero", "reflect": "symmetric", "border": "border"}  # scale's mode -> _fill's
+_PAD_MODES = {"zero": "zero", "reflect": "symmetric", "border": "border"}  # scale's mode -> fill_index's
 
 
 @dataclass(frozen=True)
@@ -169,9 +169,9 @@ class Scale(Op):
     Zoom factor s uniform in `factor` per sample: s > 1 zooms in (objects look bigger, the border is
     cut off), s < 1 zooms out (the border is filled by `mode`: "zero"; "reflect", mirrored about the
     image edge; or "border", the edge pixel repeated). Output pixel (i, j) reads the input at
-    c + (i - c) / s with c the image centre, interpolated by `interp`: "bilinear" (same values as grid_sample's) or
-    "nearest" (one exact gather, faster; torchvision's RandomAffine default). Output size =
-    input size."""
+    c + (i - c) / s with c the image centre, interpolated by `interp`: "bilinear" (the values of
+    grid_sample's bilinear) or "nearest" (one exact gather, faster; torchvision RandomAffine's default).
+    Output size = input size."""
 
     name: ClassVar[str] = "scale"
     main: ClassVar[str | None] = "factor"

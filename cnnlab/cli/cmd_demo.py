@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     except CnnlabError as e:
         print(f"Fashion-MNIST not found ({str(e)[:150]}).")
         print("Training on the digits embedded in scikit-learn instead. To use Fashion-MNIST: "
-              "`cnnlab data download fashion-mnist`, or `apt-get install dataset-fashion-mnist`.")
+              "`cnnlab data get fashion-mnist --download`, or `apt-get install dataset-fashion-mnist`, then run the demo again.")
         options.update(FALLBACK)
     if args.epochs is not None:
         options["epochs"] = args.epochs

@@ -174,11 +174,16 @@ def channel_stats(images: Tensor | np.ndarray) -> tuple[tuple[float, ...], tuple
 def to_float(
     images_uint8: Tensor, mean: Sequence[float], std: Sequence[float], dtype: torch.dtype = torch.float32
 ) -> Tensor:
-    """uint8 images (N, C, H, W) in 0..255 -> normalised floats `(x / 255 - mean) / std`, same device."""
+    """Images (N, C, H, W) -> normalised floats `(x - mean) / std`, on the same device.
+
+    uint8 input is in 0..255 and scaled to [0, 1] first; float input (e.g. the output of an augmentation
+    pipeline) is taken to be in [0, 1] already.
+    """
     c = images_uint8.shape[1]
     if len(mean) != c or len(std) != c:
         raise CnnlabError(f"mean/std need {c} values for {c}-channel images, got {len(mean)} and {len(std)}")
     m = torch.tensor(mean, dtype=dtype, device=images_uint8.device).view(1, c, 1, 1)
     s = torch.tensor(std, dtype=dtype, device=images_uint8.device).view(1, c, 1, 1)
+    scale = 255.0 if images_uint8.dtype == torch.uint8 else 1.0
     # fold the /255 into the affine map: one fused multiply-add kernel after the conversion
-    return torch.addcmul(-m / s, images_uint8.to(dtype), 1.0 / (255.0 * s))
+    return torch.addcmul(-m / s, images_uint8.to(dtype), 1.0 / (scale * s))
