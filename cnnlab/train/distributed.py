@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -49,7 +50,9 @@ def init(device: torch.device) -> DistInfo:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(info.local_rank)
-        dist.init_process_group(backend=backend)
+        # A dead peer must end a collective with an error, not a hang: bounded wait (seconds, settable).
+        timeout = timedelta(seconds=float(os.environ.get("CNNLAB_DDP_TIMEOUT", 600)))
+        dist.init_process_group(backend=backend, timeout=timeout)
     return info
 
 

@@ -281,8 +281,12 @@ class Trainer:
             if self.dist.is_main:
                 print(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step, then stopping", file=sys.stderr)
 
+        # Under DDP, SIGTERM usually comes from torchrun after another rank died: the collectives a
+        # checkpoint needs cannot complete then, so the default (exit now) lets the restart proceed from
+        # the last checkpoint. SIGINT (Ctrl-C reaches every rank at once) is still handled gracefully.
+        signals = (signal.SIGINT,) if self.dist.enabled else (signal.SIGINT, signal.SIGTERM)
         old = {}
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in signals:
             old[sig] = signal.signal(sig, handler)
         return old
 
