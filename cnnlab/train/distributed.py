@@ -52,7 +52,16 @@ def init(device: torch.device) -> DistInfo:
             torch.cuda.set_device(info.local_rank)
         # A dead peer must end a collective with an error, not a hang: bounded wait (seconds, settable).
         timeout = timedelta(seconds=float(os.environ.get("CNNLAB_DDP_TIMEOUT", 600)))
-        dist.init_process_group(backend=backend, timeout=timeout)
+        kwargs = {}
+        if "MASTER_ADDR" in os.environ and "MASTER_PORT" in os.environ:
+            # Keys prefixed by torchrun's attempt number: after a restart, gloo must not read the addresses
+            # the dead attempt published (seen here as "connectFullMesh failed ... Connection refused").
+            agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
+            base = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), info.world_size,
+                                 is_master=info.rank == 0 and not agent_store, timeout=timeout)
+            kwargs = {"store": dist.PrefixStore(f"cnnlab/attempt{info.restart}", base),
+                      "rank": info.rank, "world_size": info.world_size}
+        dist.init_process_group(backend=backend, timeout=timeout, **kwargs)
     return info
 
 
