@@ -23,6 +23,7 @@ test: install
 
 bench: install
 	$(PY) benchmarks/augment.py
+	$(PY) benchmarks/train_speed.py
 
 lint: install
 	$(VENV)/bin/ruff check cnnlab tests benchmarks

@@ -33,6 +33,14 @@ _EXPORTS = {
     "parse_pipeline": "cnnlab.augment",
     "Pipeline": "cnnlab.augment",
     "augment_batches": "cnnlab.augment",
+    "train": "cnnlab.train",
+    "Trainer": "cnnlab.train",
+    "TrainConfig": "cnnlab.train",
+    "Callback": "cnnlab.train",
+    "evaluate": "cnnlab.train",
+    "predict": "cnnlab.train",
+    "export": "cnnlab.train",
+    "lr_find": "cnnlab.train",
     "CnnlabError": "cnnlab.errors",
 }
 

@@ -74,10 +74,7 @@ def test_ddp_accuracy_equals_one_process_with_the_same_global_batch(ddp_run, tmp
     assert single.history[-1]["test_accuracy"] > 0.8
 
 
-@pytest.mark.skip(
-    reason="known gap (issue 4): after rank 1 dies, torchrun's restart round hangs until the 300 s timeout "
-    "instead of resuming from the checkpoint; not yet working, so it is not claimed"
-)
+@pytest.mark.slow
 def test_rank_that_dies_is_restarted_and_the_run_continues(ddp_run, tmp_path):
     out = tmp_path / "run"
     proc = _torchrun(tmp_path, out, fail=True)

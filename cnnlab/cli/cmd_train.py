@@ -101,10 +101,11 @@ def run(args: argparse.Namespace) -> int:
         argv = _without_nproc(sys.argv[1:])
         return distributed.launch(args.nproc, argv)
 
-    from cnnlab.train import NonFiniteLossError, TrainingInterrupted, train  # noqa: PLC0415
+    from cnnlab.train import NonFiniteLossError, TrainingInterrupted, distributed, train  # noqa: PLC0415
 
     try:
         train(recipe=args.recipe, config=args.config, resume=args.resume, quiet=args.quiet, **options)
+        distributed.shutdown()
     except NonFiniteLossError as e:
         sys.stderr.write(f"cnnlab train: error: {e}\n")
         return 1

@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cnnlab.errors import CnnlabError, did_you_mean
+
 try:
     import tomllib
-except ModuleNotFoundError:  # Python 3.10: the same parser from PyPI
+except ModuleNotFoundError:  # Python 3.10: the same parser, as the `tomli` package
     import tomli as tomllib
-
-from cnnlab.errors import CnnlabError, did_you_mean
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("onecycle", "cosine", "step", "constant")

@@ -302,6 +302,7 @@ class Trainer:
                 last_eval = self._run_epoch(epoch)
             if self.dist.is_main and self.history:
                 self._plots(last_eval)
+            distributed.barrier()  # no rank leaves (and tears down its connections) while rank 0 writes
         finally:
             for sig, h in old_handlers.items():
                 signal.signal(sig, h)
