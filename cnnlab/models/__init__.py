@@ -39,7 +39,7 @@ def resolve_model(
     text: str,
     input_size: tuple[int, int, int] | None = None,
     num_classes: int | None = None,
-    **options,
+    options: dict | None = None,
 ):
     """A registered model name or a spec in the lecture's notation -> `(model, input_size)`.
 
@@ -49,6 +49,7 @@ def resolve_model(
     `options` go to the registered builder (a spec takes none).
     """
     text = text.strip()
+    options = dict(options or {})  # a dict, not **kwargs: a builder may itself take `input_size`
     if is_model_name(text):
         info = model_info(text)
         size = tuple(input_size) if input_size is not None else info.input_size

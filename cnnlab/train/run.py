@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import platform
 import time
@@ -66,22 +65,15 @@ class ModelCard:
 
 def build_model(text: str, input_size: tuple[int, int, int], num_classes: int, options: dict[str, Any] | None = None) -> nn.Module:
     """A registered name (with builder options) or a spec -> model for `(C, H, W)` inputs and `num_classes`."""
-    from cnnlab.models import create_model, is_model_name, model_info, resolve_model  # noqa: PLC0415
+    from cnnlab.models import model_info, resolve_model  # noqa: PLC0415
 
-    options = dict(options or {})
     name = text.strip()
     if name.startswith("<module"):
         raise CnnlabError(f"this run was trained from a Python module ({name}), which cannot be rebuilt from its name; "
                           "build the module yourself and load the run's .safetensors into it")
-    if is_model_name(name):
-        # builders whose layers depend on the image size (fc after flatten) take it as `input_size`
-        if "input_size" in inspect.signature(model_info(name).builder).parameters and "input_size" not in options:
-            options["input_size"] = tuple(input_size[1:])
-        return create_model(name, num_classes=num_classes, in_channels=input_size[0], **options)
-    if options:
-        raise CnnlabError(f"options {sorted(options)} apply to registered models only, not to the spec '{text}'")
     try:
-        model, _ = resolve_model(text, input_size=tuple(input_size), num_classes=num_classes)
+        # resolve_model passes (H, W) to builders whose fc layers depend on it, and refuses options for a spec
+        model, _ = resolve_model(text, input_size=tuple(input_size), num_classes=num_classes, options=options)
     except CnnlabError:
         if len(name.split()) == 1 and "-" not in name:  # one word that is no layer: a mistyped model name
             model_info(name)  # raises "unknown model 'x' (did you mean 'y'?)"
