@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from cnnlab.errors import CnnlabError, did_you_mean
+from cnnlab.errors import CnnlabError, did_you_mean, positive_int
 
 
 @dataclass(frozen=True)
@@ -94,8 +94,8 @@ def create_model(
     """
     info = model_info(name)
     for label, value in (("num_classes", num_classes), ("in_channels", in_channels)):
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            raise CnnlabError(f"{label} must be a positive integer, got {value!r}")
+        if value is not None:
+            positive_int(label, value)
     kwargs = dict(options)
     kwargs["num_classes"] = info.num_classes if num_classes is None else num_classes
     kwargs["in_channels"] = info.input_size[0] if in_channels is None else in_channels

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, positive_int
 from cnnlab.models._base import ConvNet
 from cnnlab.models._registry import check_options, register_model
 
@@ -87,8 +87,7 @@ class AlexNet(ConvNet):
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the last Linear with a fresh one of `num_classes` outputs (key `classifier.6`)."""
-        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-            raise CnnlabError(f"num_classes must be a positive integer, got {num_classes!r}")
+        positive_int("num_classes", num_classes)
         self.classifier[-1] = nn.Linear(self.num_features, num_classes)
         self.num_classes = num_classes
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, positive_int
 from cnnlab.models._base import ConvNet
 from cnnlab.models._registry import check_options, register_model
 
@@ -262,8 +262,7 @@ class GoogLeNet(ConvNet):
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace fc (and the auxiliary classifiers' fc2) with fresh layers of `num_classes` outputs."""
-        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-            raise CnnlabError(f"num_classes must be a positive integer, got {num_classes!r}")
+        positive_int("num_classes", num_classes)
         self.fc = nn.Linear(self.num_features, num_classes)
         _init_weights(self.fc)
         if self.aux_logits:

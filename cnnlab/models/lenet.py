@@ -26,7 +26,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, positive_int
 from cnnlab.layers.activations import check_activation, make_activation
 from cnnlab.models._base import ConvNet
 from cnnlab.models._registry import register_model
@@ -100,8 +100,7 @@ class LeNet5(ConvNet):
         return self.classifier.output
 
     def reset_classifier(self, num_classes: int) -> None:
-        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-            raise CnnlabError(f"num_classes must be a positive integer, got {num_classes!r}")
+        positive_int("num_classes", num_classes)
         self.classifier.output = nn.Linear(84, num_classes)
         self.num_classes = num_classes
 

@@ -20,7 +20,7 @@ import math
 import torch
 from torch import nn
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, positive_int
 from cnnlab.layers.activations import activation_gain, check_activation, make_activation
 from cnnlab.layers.shortcut import ShortcutA
 from cnnlab.models._base import ConvNet
@@ -124,8 +124,7 @@ class ResNetCifar(ConvNet):
         return self.fc
 
     def reset_classifier(self, num_classes: int) -> None:
-        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-            raise CnnlabError(f"num_classes must be a positive integer, got {num_classes!r}")
+        positive_int("num_classes", num_classes)
         self.fc = nn.Linear(self.fc.in_features, num_classes)
         self.num_classes = num_classes
 

@@ -9,7 +9,7 @@ Both return a `SpecNet`, so `model.spec` prints the architecture in the notation
 
 from __future__ import annotations
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, positive_int
 from cnnlab.layers.activations import check_activation
 from cnnlab.models._registry import register_model
 from cnnlab.models.spec import SpecNet, build_spec
@@ -22,12 +22,6 @@ def _hw(input_size: int | tuple[int, int]) -> tuple[int, int]:
     if len(hw) != 2 or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in hw):
         raise CnnlabError(f"input_size must be a positive int or (H, W), such as 28 or (28, 28), got {input_size!r}")
     return hw  # type: ignore[return-value]
-
-
-def _positive(name: str, value) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise CnnlabError(f"{name} must be a positive integer, got {value!r}")
-    return value
 
 
 def _prefix(activation: str) -> str:
@@ -49,13 +43,13 @@ def vgg_spec(
 ) -> str:
     """The spec `vgg_like` builds, e.g. `(conv3x3-32*2 maxpool2)*3/double fc10` for the defaults."""
     for name, value in (("n", n), ("m", m), ("width", width), ("num_classes", num_classes)):
-        _positive(name, value)
+        positive_int(name, value)
     if head not in ("flatten", "gap"):
         raise CnnlabError(f"head must be 'flatten' (flatten + fc, as the lecture) or 'gap' (global average pool + fc), got {head!r}")
     if isinstance(hidden, int):
         hidden = (hidden,)
     for units in hidden:
-        _positive("each hidden fc size", units)
+        positive_int("each hidden fc size", units)
     if not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
         raise CnnlabError(f"dropout must be a probability in [0, 1), got {dropout!r}")
     conv = f"conv3x3-{width}" + ("/bn" if batch_norm else "") + (f"*{n}" if n > 1 else "")
@@ -84,8 +78,8 @@ def simple_cnn(
     `batch_norm=True` puts batch norm between each conv and its activation.
     """
     bn = "/bn" if batch_norm else ""
-    spec = f"{_prefix(activation)}conv3x3-32{bn} maxpool2 conv3x3-64{bn} maxpool2 fc{_positive('num_classes', num_classes)}"
-    return build_spec(spec, (_positive("in_channels", in_channels), *_hw(input_size)))
+    spec = f"{_prefix(activation)}conv3x3-32{bn} maxpool2 conv3x3-64{bn} maxpool2 fc{positive_int('num_classes', num_classes)}"
+    return build_spec(spec, (positive_int("in_channels", in_channels), *_hw(input_size)))
 
 
 @register_model(paper="ConvNets lecture: (Conv x n + MaxPool) x m, channels doubling", input_size=(1, 28, 28), num_classes=10)
@@ -116,11 +110,11 @@ def vgg_like(
         activation: of every conv and hidden fc layer.
     """
     h, w = _hw(input_size)
-    _positive("m", m)
+    positive_int("m", m)
     max_m = min(h, w).bit_length() - 1  # floor(log2(min(H, W))): halvings before the map is 1x1
     if m > max_m:
         raise CnnlabError(
             f"vgg_like: m={m} stages halve a {h}x{w} input {m} times, below 1x1; m <= {max_m} works for this size"
         )
     spec = vgg_spec(n, m, width, num_classes, batch_norm, head, tuple(hidden), dropout, activation)
-    return build_spec(spec, (_positive("in_channels", in_channels), h, w))
+    return build_spec(spec, (positive_int("in_channels", in_channels), h, w))

@@ -70,7 +70,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, positive_int
 from cnnlab.layers.activations import ACTIVATIONS, make_activation
 from cnnlab.layers.locally_connected import LocallyConnected2d, conv_output_size
 from cnnlab.models._base import ConvNet
@@ -429,8 +429,7 @@ class SpecNet(ConvNet):
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the last fc by a fresh `fc<num_classes>` (or add one to a spec without fc); `spec` follows."""
-        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-            raise CnnlabError(f"num_classes must be a positive integer, got {num_classes!r}")
+        positive_int("num_classes", num_classes)
         fc = _Item(SpecLayer("fc", 0, channels=num_classes))
         if self._final_fc is not None:
             old = self.classifier[self._final_fc]
@@ -483,8 +482,7 @@ def _check_order(layers: list[SpecLayer], num_classes: int | None) -> int | None
                             f" comes after the classifier '{layers[final].text}' at token "
                             f"{layers[final].position}; only softmax may follow the last fc")
     if num_classes is not None:
-        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-            raise CnnlabError(f"num_classes must be a positive integer, got {num_classes!r}")
+        positive_int("num_classes", num_classes)
         if final is None:
             raise CnnlabError(
                 f"num_classes={num_classes} was given but the spec has no fc layer to produce it; end the spec "
