@@ -1,0 +1,45 @@
+"""`cnnlab experiment NAME|all|list [--data D] [--quick] --out DIR`: a claim of the course, measured."""
+
+from __future__ import annotations
+
+import argparse
+
+ORDER = 70
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("experiment", help="reproduce a claim of the course: a measured table and a plot",
+                       description=__doc__)
+    p.add_argument("name", metavar="NAME", help="an experiment name, 'all', or 'list' to see them")
+    p.add_argument("--out", default="experiments", help="output folder (default ./experiments); "
+                   "each experiment writes OUT/NAME/{table.md,result.json,plot.png}; 'all' also OUT/lecture.md")
+    p.add_argument("--data", help="dataset name (default: the experiment's own, usually fashion-mnist)")
+    p.add_argument("--data-dir", help="folder holding the dataset's files")
+    p.add_argument("--quick", action="store_true", help="tiny size that finishes in seconds (numbers marked quick)")
+    p.add_argument("--seed", type=int, default=0, help="seed for every random choice (default 0)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--json", action="store_true", help="print the result as JSON instead of the table")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    import json  # noqa: PLC0415
+
+    from cnnlab.experiments import list_experiments, run_all, run_experiment  # noqa: PLC0415
+
+    if args.name == "list":
+        for spec in list_experiments():
+            print(f"{spec.name:18s} {spec.title}: {spec.claim}" + (f" [{spec.budget}]" if spec.budget else ""))
+        return 0
+    common = dict(out=args.out, quick=args.quick, data=args.data, data_dir=args.data_dir, seed=args.seed,
+                  device=args.device)
+    results = run_all(**common) if args.name == "all" else [run_experiment(args.name, **common)]
+    if args.json:
+        print(json.dumps([r.to_dict() for r in results], indent=2))
+    else:
+        for r in results:
+            print(r.markdown())
+        if args.name == "all":
+            print(f"wrote {args.out}/lecture.md")
+    return 0
