@@ -1,0 +1,58 @@
+"""cnnlab.runtime.tune_allocator: opt-outs respected, and the effect it exists for (fewer page faults)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+
+glibc = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+
+# The workload the tuning is for: augmenting batches of 3x224x224 images. Count its minor page faults.
+PROBE = """
+import json, resource, sys
+import torch
+from cnnlab.augment import parse_pipeline
+from cnnlab.runtime import allocator_status, tune_allocator
+tuned = tune_allocator() if sys.argv[1] == "tune" else False
+pipeline, g = parse_pipeline("lecture"), torch.Generator().manual_seed(0)
+x = torch.randint(0, 256, (32, 3, 224, 224), dtype=torch.uint8)
+pipeline(x, g)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(2 if sys.argv[2] == "work" else 0):
+    pipeline(x, g)
+faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+print(json.dumps({"tuned": tuned, "again": tune_allocator() if tuned else None, "faults": faults,
+                  "status": allocator_status()}))
+"""
+
+
+def probe(mode: str, work: bool = True, **env: str) -> dict:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "CNNLAB_NO_MALLOC_TUNING"}
+    out = subprocess.run([sys.executable, "-c", PROBE, mode, "work" if work else "no"], env={**clean, **env}, capture_output=True,
+                         text=True, check=True, timeout=120)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@glibc
+@pytest.mark.slow
+def test_tuning_removes_page_faults_of_reallocated_buffers():
+    default, tuned = probe("plain", CNNLAB_NO_MALLOC_TUNING="1"), probe("tune")
+    assert tuned["tuned"] is True and tuned["again"] is True  # idempotent: the second call says the same
+    assert "keeps up to 256 MiB" in tuned["status"]
+    # Measured here: ~1,000 faults per image untuned (a fault per 4 KiB page of buffers that
+    # glibc handed back to the kernel and maps afresh), under 500 tuned.
+    assert default["faults"] > 3_000
+    assert tuned["faults"] < default["faults"] / 10
+
+
+@glibc
+@pytest.mark.parametrize("env, expect", [({"CNNLAB_NO_MALLOC_TUNING": "1"}, "off"),
+                                         ({"MALLOC_MMAP_THRESHOLD_": "131072"}, "left as configured")])
+def test_user_settings_win(env, expect):
+    r = probe("tune", work=False, **env)
+    assert r["tuned"] is False and r["status"].startswith(expect)
