@@ -70,6 +70,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     s.add_argument("--keep-checkpoints", type=int)
     s.add_argument("--nproc", type=int, default=1, help="processes on this machine (DDP through torchrun)")
     s.add_argument("--quiet", action="store_true", help="no progress bar: one line per epoch (for logs)")
+    s.add_argument("--monitor-gradients", action="store_const", const=True, default=None,
+                   help="record per-layer gradient norms (RUN/gradients.jsonl, gradients.png); warn when they vanish")
     a("--list-recipes", action="store_true", help="list the named recipes and exit")
     p.set_defaults(func=run)
     return p
@@ -78,7 +80,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 OPTION_NAMES = ("model", "data", "data_dir", "image_size", "val_fraction", "epochs", "batch_size", "eval_batch_size",
                 "optimizer", "lr", "momentum", "weight_decay", "schedule", "warmup", "label_smoothing", "grad_clip",
                 "dropout", "augment", "seed", "precision", "device", "channels_last", "compile", "out",
-                "checkpoint_every", "keep_checkpoints")
+                "checkpoint_every", "keep_checkpoints", "monitor_gradients")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -63,6 +63,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # also checkpoint every this many steps (0: at the end of each epoch only)
     keep_checkpoints: int = 2  # rotation keeps this many, so an unreadable newest one has a fallback
     recipe: str | None = None  # the named recipe these options started from, if any
+    monitor_gradients: bool = False  # record per-layer gradient norms (RUN/gradients.jsonl) and warn on vanishing
     extra: dict[str, Any] = field(default_factory=dict)  # model builder options beyond dropout
 
     # ---- resolution ---------------------------------------------------------------------------

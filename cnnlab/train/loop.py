@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlab.errors import CnnlabError
+from cnnlab.runtime import tune_allocator
 from cnnlab.train import distributed
 from cnnlab.train.checkpoint import (
     list_checkpoints,
@@ -65,6 +66,9 @@ class Callback:
     """Hooks into the loop (Keras style); override the ones you need. `trainer` exposes its state."""
 
     def on_epoch_start(self, trainer: Trainer, epoch: int) -> None: ...
+
+    def on_after_backward(self, trainer: Trainer, epoch: int, step: int) -> None:
+        """Gradients are in `.grad` here: after backward (unscaled), before clipping and the optimizer step."""
 
     def on_step_end(self, trainer: Trainer, epoch: int, step: int) -> None: ...
 
@@ -102,17 +106,23 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, *, model: nn.Module | None = None, data=None,
                  resume: str | Path | None = None, callbacks: Sequence[Callback] = (),
-                 quiet: bool = False, verbose: bool = True):
+                 quiet: bool = False, verbose: bool = True, plots: bool = True):
         self.module = model
         self.data = data
         self.resume = Path(resume) if resume is not None else None
         self.callbacks = list(callbacks)
         self.quiet, self.verbose = quiet, verbose
+        self.plots = plots  # curves.png and confusion.png (~1 s of matplotlib; experiments draw their own)
         if model is not None:
             config = dataclasses.replace(config, model=f"<module {type(model).__name__}>")
         if data is not None and not isinstance(data, str):
             config = dataclasses.replace(config, data=str(getattr(data, "name", type(data).__name__)))
         self.config = config.resolved()  # refuses bad options before anything else happens
+        if self.config.monitor_gradients:
+            from cnnlab.inspect.gradients import GradientMonitor  # noqa: PLC0415
+
+            if not any(isinstance(cb, GradientMonitor) for cb in self.callbacks):
+                self.callbacks.append(GradientMonitor())  # writes RUN/gradients.jsonl and gradients.png
         self._stop_signal: int | None = None
 
     # ---- output -------------------------------------------------------------------------------
@@ -124,6 +134,8 @@ class Trainer:
     def _setup(self) -> None:
         cfg = self.config
         prec = resolve_precision(cfg.precision, cfg.device, cfg.channels_last)
+        if prec.device.type == "cpu":
+            tune_allocator()  # activations are re-allocated every step: keep them off the page-fault path
         self.augment = parse_augment(cfg.augment)
         self.dist = distributed.init(prec.device)
         self.precision = dataclasses.replace(prec, device=distributed.device_for(self.dist, prec.device))
@@ -300,7 +312,7 @@ class Trainer:
             last_eval = None
             for epoch in range(self.start_epoch, cfg.epochs):
                 last_eval = self._run_epoch(epoch)
-            if self.dist.is_main and self.history:
+            if self.dist.is_main and self.history and self.plots:
                 self._plots(last_eval)
             distributed.barrier()  # no rank leaves (and tears down its connections) while rank 0 writes
         finally:
@@ -360,7 +372,7 @@ class Trainer:
             loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing)
             stop = self._check(loss, epoch, step)
             self.optimizer.zero_grad(set_to_none=True)
-            self._backward_step(loss)
+            self._backward_step(loss, epoch, step)
             with torch.no_grad():
                 loss_sum += loss.detach().double() * labels.shape[0]
                 correct += (logits.argmax(1) == labels).sum()
@@ -407,20 +419,29 @@ class Trainer:
             )
         return stop
 
-    def _backward_step(self, loss: torch.Tensor) -> None:
+    def _backward_step(self, loss: torch.Tensor, epoch: int = 0, step: int = 0) -> None:
         clip = self.config.grad_clip
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
-            if clip:
+            if clip or self.callbacks:  # callbacks read the true (unscaled) gradients
                 self.scaler.unscale_(self.optimizer)
+            self._after_backward(epoch, step)
+            if clip:
                 nn.utils.clip_grad_norm_(self.model.parameters(), clip)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             return
         loss.backward()
+        self._after_backward(epoch, step)
         if clip:
             nn.utils.clip_grad_norm_(self.model.parameters(), clip, foreach=True)
         self.optimizer.step()
+
+    def _after_backward(self, epoch: int, step: int) -> None:
+        for cb in self.callbacks:
+            hook = getattr(cb, "on_after_backward", None)  # callbacks written before this hook lack it
+            if hook is not None:
+                hook(self, epoch, step)
 
     def _end_epoch(self, epoch, loss_sum, correct, count, train_seconds) -> EvalResult | None:
         cfg = self.config

@@ -1,0 +1,30 @@
+"""`cnnlab report RUN`: one self-contained HTML page about a training run.
+
+Config, learning curves, confusion matrix, per-class accuracy, first-layer kernels, the most confident
+errors and gradient norms (when recorded). Images are embedded, CSS is inline, there are no scripts:
+the file opens offline and can be sent on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+ORDER = 47
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("report", help="write a self-contained HTML report of a trained run", description=__doc__)
+    p.add_argument("run", metavar="RUN", help="run directory written by `cnnlab train`")
+    p.add_argument("--out", metavar="FILE", help="HTML file to write (default RUN/report.html)")
+    p.add_argument("--weights", default="best", choices=("best", "last"), help="which weights (default best)")
+    p.add_argument("--errors", type=int, default=16, help="most confident errors to show (default 16)")
+    p.add_argument("--data-dir", help="folder holding the dataset's files")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from cnnlab.inspect.report import build_report  # noqa: PLC0415
+
+    print(build_report(args.run, args.out, which=args.weights, data_dir=args.data_dir, errors=args.errors))
+    return 0

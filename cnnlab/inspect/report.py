@@ -1,0 +1,326 @@
+"""`build_report(run)`: one self-contained HTML page about a training run.
+
+Everything is inside the file: images as base64 `data:` URIs, CSS in a `<style>` block, no scripts,
+fonts or links to anything outside, so it opens offline, can be mailed, and renders the same anywhere.
+
+Sections: the run at a glance, the configuration, learning curves with the per-epoch table, the
+confusion matrix and per-class accuracy of the chosen weights on the test split (evaluated again, in
+float32 on the CPU), the first layer's kernels, the most confident errors, and the gradient norms per
+layer when the run recorded them (`cnnlab train --monitor-gradients` writes gradients.jsonl/.png).
+A section whose input is missing (dataset not found, no convolution) says why instead of failing.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cnnlab.errors import CnnlabError, positive_int
+
+NOT_RECORDED = "not recorded (train with --monitor-gradients)"
+
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; margin: 0;
+       background: #f4f5f7; color: #1d2330; line-height: 1.45; }
+main { max-width: 1100px; margin: 0 auto; padding: 24px 28px 48px; }
+h1 { font-size: 1.6em; margin: 0 0 4px; } h2 { font-size: 1.2em; margin: 0 0 10px; }
+.sub { color: #5a6270; margin-bottom: 18px; }
+section { background: #fff; border-radius: 8px; padding: 16px 20px; margin: 16px 0;
+          box-shadow: 0 1px 3px rgba(0,0,0,.08); }
+.cards { display: flex; flex-wrap: wrap; gap: 12px; }
+.card { background: #eef2f8; border-radius: 6px; padding: 8px 14px; min-width: 120px; }
+.card b { display: block; font-size: 1.25em; } .card span { color: #5a6270; font-size: .85em; }
+table { border-collapse: collapse; font-size: .88em; margin: 8px 0; }
+th, td { padding: 3px 10px; border-bottom: 1px solid #e3e6eb; text-align: left; vertical-align: top; }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
+.kv { columns: 2; column-gap: 32px; } .kv table { width: 100%; }
+img { max-width: 100%; height: auto; display: block; margin: 8px 0; image-rendering: auto; }
+img.pixels { image-rendering: pixelated; width: 320px; max-width: 100%; }  /* small kernels, enlarged */
+.bar { background: #dfe6f1; width: 160px; height: 10px; border-radius: 5px; overflow: hidden; }
+.bar i { display: block; height: 100%; background: #3b6fc4; }
+.note { color: #7a4b00; background: #fff6e0; padding: 6px 10px; border-radius: 4px; }
+.muted { color: #5a6270; font-size: .88em; }
+code { background: #eef0f3; padding: 1px 4px; border-radius: 3px; }
+"""
+
+
+@dataclass
+class Report:
+    """What `build_report` wrote."""
+
+    path: Path
+    images: int  # pictures embedded as data URIs
+    notes: list[str] = field(default_factory=list)  # sections left out, and why
+
+    def __str__(self) -> str:
+        lines = [f"wrote {self.path} ({self.images} images embedded, {self.path.stat().st_size / 1024:.0f} KiB)"]
+        return "\n".join(lines + [f"note: {n}" for n in self.notes])
+
+
+# ---- small HTML helpers ----------------------------------------------------------------------------
+def _e(v: Any) -> str:
+    return html.escape(str(v), quote=True)
+
+
+def _img(png: bytes, alt: str, pixels: bool = False) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    cls = ' class="pixels"' if pixels else ""
+    return f'<img{cls} alt="{_e(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _table(headers: list[str], rows: list[list[Any]], numeric: set[int] = frozenset()) -> str:
+    head = "".join(f'<th{" class=num" if i in numeric else ""}>{_e(h)}</th>' for i, h in enumerate(headers))
+    body = "".join("<tr>" + "".join(f'<td{" class=num" if i in numeric else ""}>{c}</td>' for i, c in enumerate(r))
+                   + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _value(v: Any) -> str:
+    return _e(json.dumps(v) if isinstance(v, (dict, list, tuple, bool)) or v is None else v)
+
+
+def _pct(v: float | None) -> str:
+    return "–" if v is None else f"{100 * v:.2f}%"
+
+
+def _si(n: float) -> str:
+    """12_345_678 -> '12.3 M'."""
+    for unit, size in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n:.0f}"
+
+
+def _section(title: str, body: str, anchor: str) -> str:
+    return f'<section id="{anchor}"><h2>{_e(title)}</h2>{body}</section>'
+
+
+def _note(text: str) -> str:
+    return f'<p class="note">{_e(text)}</p>'
+
+
+# ---- the parts ------------------------------------------------------------------------------------
+def read_gradients(path: Path) -> list[dict[str, Any]]:
+    """gradients.jsonl -> records `{"epoch", "step", "norms": {layer: float}}`; malformed lines refused."""
+    records = []
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            # the gradient monitor writes a non-finite norm as null (JSON has no NaN)
+            norms = {str(k): float("nan") if v is None else float(v) for k, v in rec["norms"].items()}
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise CnnlabError(f"{path} line {n} is not a gradient record "
+                              f'({{"epoch", "step", "norms": {{layer: float}}}}): {e}') from None
+        records.append({"epoch": rec.get("epoch"), "step": rec.get("step"), "norms": norms})
+    return records
+
+
+def gradient_table(records: list[dict[str, Any]]) -> str:
+    """Smallest and largest layer norm (and the first and last layer) at the last record, as HTML."""
+    last = records[-1]
+    norms = last["norms"]
+    if not norms:
+        return _note("the last gradient record has no layers")
+    names = list(norms)  # depth order, as written
+    finite = [n for n in names if math.isfinite(norms[n])]
+    bad = [n for n in names if n not in finite]
+    if not finite:
+        return _note(f"every gradient norm of the last record is non-finite ({len(names)} layers)")
+    small = min(finite, key=norms.__getitem__)
+    large = max(finite, key=norms.__getitem__)
+    rows = [["smallest", _e(small), f"{norms[small]:.3e}"], ["largest", _e(large), f"{norms[large]:.3e}"],
+            ["first layer", _e(names[0]), f"{norms[names[0]]:.3e}"],
+            ["last layer", _e(names[-1]), f"{norms[names[-1]]:.3e}"]]
+    ratio = norms[large] / norms[small] if norms[small] > 0 else float("inf")
+    return (f'<p class="muted">last record: epoch {_e(last["epoch"])}, step {_e(last["step"])}; '
+            f"{len(records)} records, {len(names)} layers; largest / smallest = {ratio:.3g}</p>"
+            + _table(["", "layer", "gradient norm"], rows, numeric={2})
+            + (_note(f"non-finite norm in {len(bad)} layer(s): {', '.join(bad[:10])}") if bad else ""))
+
+
+def _evaluate(run_dir, model, card, data_dir, errors: int) -> dict[str, Any]:
+    """One float32 pass over the test split: accuracy, confusion, per-class accuracy, worst mistakes."""
+    import torch  # noqa: PLC0415
+
+    from cnnlab.inspect.visual import maps  # noqa: PLC0415
+    from cnnlab.inspect.visual.show import run_split  # noqa: PLC0415
+
+    part = run_split(run_dir, card, "test", None, data_dir)
+    predicted, confidence = maps.predict_images(model, part.images, card.mean, card.std)
+    k = card.num_classes
+    confusion = torch.bincount(part.labels * k + predicted, minlength=k * k).view(k, k)  # rows: true
+    mistakes, wrong = maps.confident_mistakes(predicted, confidence, part.labels, errors)
+    return {"part": part, "confusion": confusion, "mistakes": mistakes, "wrong": wrong,
+            "accuracy": float(confusion.diag().sum()) / max(1, len(part))}
+
+
+def build_report(run: str | Path, out: str | Path | None = None, *, which: str = "best",
+                 data_dir: str | Path | None = None, errors: int = 16) -> Report:
+    """Write RUN/report.html (or `out`): a self-contained page about the run; see the module docstring.
+
+    Args:
+        run: a run directory written by `cnnlab train`.
+        out: the HTML file to write (default RUN/report.html).
+        which: "best" or "last" weights for the evaluation, filters and errors.
+        data_dir: where the run's dataset lives, if not where training found it.
+        errors: how many of the most confident mistakes to show.
+    """
+    from cnnlab.inspect.visual import draw, maps  # noqa: PLC0415
+    from cnnlab.train.checkpoint import atomic_write_text  # noqa: PLC0415
+    from cnnlab.train.plots import plot_confusion, plot_curves  # noqa: PLC0415
+    from cnnlab.train.run import open_run  # noqa: PLC0415
+    from cnnlab.version import __version__  # noqa: PLC0415
+
+    positive_int("errors", errors)
+    if which not in ("best", "last"):
+        raise CnnlabError(f"weights must be 'best' or 'last', got {which!r}")
+    run_dir = open_run(run)
+    path = Path(out) if out is not None else run_dir.path / "report.html"
+    if path.suffix.lower() not in (".html", ".htm"):
+        raise CnnlabError(f"report file must end in .html, got '{path}'")
+    meta = run_dir.read_config() if run_dir.exists() else {}
+    cfg = meta.get("config", {})
+    history = run_dir.read_metrics()
+    model, card = run_dir.load_model(which)
+    model = model.float().eval()
+    notes: list[str] = []
+    images = 0
+    parts: list[str] = []
+
+    # -- at a glance
+    try:
+        from cnnlab.inspect.summary import summary  # noqa: PLC0415
+
+        s = summary(model, tuple(card.input_size))
+        params, macs = f"{s.total_params:,}", _si(s.total_macs)
+    except Exception as e:  # noqa: BLE001 - a foreign module the tracer cannot follow still gets a report
+        params, macs = f"{sum(p.numel() for p in model.parameters()):,}", "–"
+        notes.append(f"no MAC count: {type(e).__name__}: {e}")
+    eval_note = ""
+    try:
+        ev = _evaluate(run_dir, model, card, data_dir, errors)
+    except CnnlabError as e:
+        ev, eval_note = None, f"no evaluation on the test split: {e}"
+        notes.append(eval_note)
+    seconds = sum(h.get("seconds") or 0 for h in history)
+    cards = [("test accuracy" + (" (re-evaluated)" if ev else ""), _pct(ev["accuracy"] if ev else card.accuracy)),
+             (f"{which} epoch", f"{card.epoch} of {len(history) or '?'}"),
+             ("recorded accuracy", _pct(card.accuracy)), ("parameters", params), ("MACs / image", macs),
+             ("training time", f"{seconds:.1f} s" if history else "–")]
+    glance = '<div class="cards">' + "".join(f"<div class=card><b>{_e(v)}</b><span>{_e(k)}</span></div>"
+                                             for k, v in cards) + "</div>"
+    sub = (f"model <code>{_e(card.model)}</code> on <code>{_e(card.dataset)}</code> · input "
+           f"{'×'.join(map(str, card.input_size))} · {card.num_classes} classes · created {_e(meta.get('created', '?'))}"
+           f" · {_e(meta.get('device', '?'))}, {_e(meta.get('precision', '?'))}")
+
+    # -- configuration
+    conf_rows = [[_e(k), _value(v)] for k, v in cfg.items()]
+    env = meta.get("environment", {})
+    body = (f'<div class="kv">{_table(["option", "value"], conf_rows)}</div>' if conf_rows else _note("no config.json"))
+    if card.model_options:
+        body += f"<p>model options: <code>{_value(card.model_options)}</code></p>"
+    if env:
+        body += ("<details><summary>environment</summary>"
+                 + _table(["", ""], [[_e(k), _value(v)] for k, v in env.items()]) + "</details>")
+    parts.append(_section("Configuration", body, "config"))
+
+    # -- curves
+    body = ""
+    curves = run_dir.path / "curves.png"
+    if curves.is_file():
+        body += _img(curves.read_bytes(), "learning curves")
+        images += 1
+    elif history:
+        with tempfile.TemporaryDirectory() as tmp:
+            plot_curves(history, Path(tmp) / "curves.png", title=card.model)
+            body += _img((Path(tmp) / "curves.png").read_bytes(), "learning curves")
+        images += 1
+    if history:
+        held = "val" if history[0].get("val_accuracy") is not None else "test"
+        rows = [[h.get("epoch"), f"{h.get('train_loss', float('nan')):.4f}", _pct(h.get("train_accuracy")),
+                 f"{h.get(f'{held}_loss', float('nan')):.4f}", _pct(h.get(f"{held}_accuracy")),
+                 f"{h.get('lr', 0):.3g}", f"{h.get('seconds', 0):.1f}", f"{h.get('images_per_second', 0):,.0f}"]
+                for h in history]
+        body += _table(["epoch", "train loss", "train acc", f"{held} loss", f"{held} acc", "lr", "s", "img/s"],
+                       rows, numeric=set(range(8)))
+    else:
+        body += _note("no metrics.jsonl: the run finished no epoch")
+    parts.append(_section("Learning curves", body, "curves"))
+
+    # -- confusion and per-class accuracy
+    if ev:
+        cm = ev["confusion"]
+        with tempfile.TemporaryDirectory() as tmp:
+            plot_confusion(cm, card.classes, Path(tmp) / "c.png",
+                           title=f"{which} weights, test split ({len(ev['part'])} images)")
+            body = _img((Path(tmp) / "c.png").read_bytes(), "confusion matrix")
+        images += 1
+        totals, right = cm.sum(1).tolist(), cm.diag().tolist()
+        rows = []
+        for name, t, r in zip(card.classes, totals, right, strict=True):
+            acc = r / t if t else None
+            bar = f'<div class="bar"><i style="width:{0 if acc is None else 100 * acc:.1f}%"></i></div>'
+            rows.append([_e(name), _pct(acc), f"{r:,} / {t:,}", bar])
+        body += "<h3>Per-class accuracy</h3>" + _table(["class", "accuracy", "right / images", ""], rows, numeric={1, 2})
+        parts.append(_section(f"Confusion matrix: {_pct(ev['accuracy'])} on the test split", body, "confusion"))
+    else:
+        parts.append(_section("Confusion matrix", _note(eval_note), "confusion"))
+
+    # -- filters
+    try:
+        name, conv = maps.first_conv(model, tuple(card.input_size))
+        o, i, kh, kw = conv.weight.shape
+        colour = "as colour" if i == 3 else "blue negative, white zero, red positive; each kernel on its own scale"
+        body = (f'<p class="muted">layer <code>{_e(name)}</code>: {o} kernels of {kh}×{kw} over {i} channel(s), '
+                f"{colour}</p>" + _img(draw.png_bytes(draw.kernel_grid(conv.weight)), "first-layer kernels", True))
+        images += 1
+    except CnnlabError as e:
+        body = _note(str(e))
+    parts.append(_section("First-layer kernels", body, "filters"))
+
+    # -- errors
+    if ev:
+        part = ev["part"]
+        captions = [f"true: {card.classes[m.true]}\npred: {card.classes[m.predicted]} {100 * m.confidence:.0f}%"
+                    for m in ev["mistakes"]]
+        title = f"the {len(ev['mistakes'])} most confident of {ev['wrong']} misclassified test images"
+        png = draw.mistakes_figure([part.images[m.index] for m in ev["mistakes"]], captions, title)
+        parts.append(_section("Most confident errors", _img(png, "most confident errors"), "errors"))
+        images += 1
+    else:
+        parts.append(_section("Most confident errors", _note(eval_note), "errors"))
+
+    # -- gradients
+    body = ""
+    gpng, gjson = run_dir.path / "gradients.png", run_dir.path / "gradients.jsonl"
+    if gpng.is_file():
+        body += _img(gpng.read_bytes(), "gradient norms per layer")
+        images += 1
+    if gjson.is_file():
+        try:
+            records = read_gradients(gjson)
+            body += gradient_table(records) if records else _note("gradients.jsonl is empty")
+        except CnnlabError as e:
+            body += _note(str(e))
+    parts.append(_section("Gradient norms per layer", body or f"<p>{_e(NOT_RECORDED)}</p>", "gradients"))
+
+    page = (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>cnnlab report: {_e(run_dir.path.name)}</title><style>{CSS}</style></head><body><main>"
+        f"<h1>{_e(run_dir.path.name)}</h1><p class=sub>{sub}</p>{glance}"
+        + "".join(parts)
+        + f'<p class="muted">written by cnnlab {_e(__version__)} on {time.strftime("%Y-%m-%d %H:%M:%S %Z")} '
+        f"from <code>{_e(run_dir.path.resolve())}</code></p></main></body></html>\n"
+    )
+    atomic_write_text(path, page)
+    return Report(path, images, notes)
