@@ -59,17 +59,13 @@ def fit(model: str | nn.Module, data: Dataset, *, device: str = "auto", **option
     """
     from cnnlab.train import TrainConfig, Trainer  # noqa: PLC0415
 
-    class _NoPlots(Trainer):
-        def _plots(self, last_eval) -> None:  # the run directory is deleted right after training
-            return None
-
     with tempfile.TemporaryDirectory(prefix="cnnlab-exp-") as tmp:
         cfg = TrainConfig(**options, device=device, out=str(Path(tmp) / "run"))
         if isinstance(model, str):
             cfg.model, module = model, None
         else:
             module = model
-        return _NoPlots(cfg, model=module, data=data, quiet=True, verbose=False).fit()
+        return Trainer(cfg, model=module, data=data, quiet=True, verbose=False, plots=False).fit()
 
 
 def param_count(model: nn.Module) -> int:
