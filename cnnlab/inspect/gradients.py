@@ -504,11 +504,17 @@ def read_gradient_records(path: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise CnnlabError(f"no gradient records at {path}; train with --monitor-gradients")
     out = []
-    for line in path.read_text().splitlines():
-        if line.strip():
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
             rec = json.loads(line)
-            rec["norms"] = {k: float("nan") if v is None else float(v) for k, v in rec["norms"].items()}
-            out.append(rec)
+            # the monitor writes a non-finite norm as null (JSON has no NaN)
+            rec["norms"] = {str(k): float("nan") if v is None else float(v) for k, v in rec["norms"].items()}
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise CnnlabError(f"{path} line {n} is not a gradient record "
+                              f'({{"epoch", "step", "norms": {{layer: float}}}}): {e}') from None
+        out.append(rec)
     return out
 
 

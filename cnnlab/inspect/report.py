@@ -107,23 +107,6 @@ def _note(text: str) -> str:
 
 
 # ---- the parts ------------------------------------------------------------------------------------
-def read_gradients(path: Path) -> list[dict[str, Any]]:
-    """gradients.jsonl -> records `{"epoch", "step", "norms": {layer: float}}`; malformed lines refused."""
-    records = []
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-            # the gradient monitor writes a non-finite norm as null (JSON has no NaN)
-            norms = {str(k): float("nan") if v is None else float(v) for k, v in rec["norms"].items()}
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise CnnlabError(f"{path} line {n} is not a gradient record "
-                              f'({{"epoch", "step", "norms": {{layer: float}}}}): {e}') from None
-        records.append({"epoch": rec.get("epoch"), "step": rec.get("step"), "norms": norms})
-    return records
-
-
 def gradient_table(records: list[dict[str, Any]]) -> str:
     """Smallest and largest layer norm (and the first and last layer) at the last record, as HTML."""
     last = records[-1]
@@ -174,6 +157,7 @@ def build_report(run: str | Path, out: str | Path | None = None, *, which: str =
         data_dir: where the run's dataset lives, if not where training found it.
         errors: how many of the most confident mistakes to show.
     """
+    from cnnlab.inspect.gradients import read_gradient_records  # noqa: PLC0415
     from cnnlab.inspect.visual import draw, maps  # noqa: PLC0415
     from cnnlab.train.checkpoint import atomic_write_text  # noqa: PLC0415
     from cnnlab.train.plots import plot_confusion, plot_curves  # noqa: PLC0415
@@ -307,7 +291,7 @@ def build_report(run: str | Path, out: str | Path | None = None, *, which: str =
         images += 1
     if gjson.is_file():
         try:
-            records = read_gradients(gjson)
+            records = read_gradient_records(gjson)
             body += gradient_table(records) if records else _note("gradients.jsonl is empty")
         except CnnlabError as e:
             body += _note(str(e))

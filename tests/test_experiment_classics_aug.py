@@ -1,0 +1,114 @@
+"""The classics and augmentation experiments: quick runs write valid results, checked against independent counts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from cnnlab.experiments import run_experiment
+from cnnlab.experiments.augmentation import SIZES as AUG_SIZES
+from cnnlab.experiments.augmentation import is_noop
+from cnnlab.experiments.classics import CLASSICS, stratified_indices, subset_dataset
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+needs_fashion = pytest.mark.skipif(not FASHION.is_dir(), reason="Fashion-MNIST not installed at " + str(FASHION))
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _check_files(folder: Path) -> dict:
+    saved = json.loads((folder / "result.json").read_text())
+    assert saved["quick"] is True and saved["verdict"] in ("supported", "not supported", "inconclusive")
+    assert (folder / "plot.png").read_bytes()[:8] == PNG
+    assert saved["claim"] and saved["outcome"]["verdict"]
+    return saved
+
+
+def test_stratified_indices_take_the_same_number_of_every_class():
+    labels = torch.randint(0, 7, (2_000,), generator=torch.Generator().manual_seed(1))
+    idx = stratified_indices(labels, 20, seed=3)
+    assert torch.bincount(labels[idx], minlength=7).tolist() == [20] * 7
+    assert len(set(idx.tolist())) == len(idx) == 140  # no image twice
+    assert torch.equal(idx, stratified_indices(labels, 20, seed=3))  # seeded
+    assert not torch.equal(idx, stratified_indices(labels, 20, seed=4))
+    assert torch.equal(stratified_indices(labels, None, seed=0), torch.arange(2_000))
+
+
+@needs_fashion
+def test_augmentation_reduced_set_is_500_per_class():
+    from cnnlab.data import load_dataset
+
+    full = load_dataset("fashion-mnist")
+    idx = stratified_indices(full.train.labels, AUG_SIZES["default"]["train"], seed=0)
+    ds = subset_dataset(full, idx, torch.arange(10))
+    assert len(ds.train) == 5_000
+    assert torch.bincount(ds.train.labels, minlength=10).tolist() == [500] * 10
+    assert torch.equal(ds.train.images, full.train.images[idx])
+    # statistics are those of the kept images, computed directly here
+    assert ds.mean[0] == pytest.approx(ds.train.images.double().mean().item() / 255, abs=1e-9)
+
+
+def test_saturation_is_a_noop_on_grey_images_only():
+    g = torch.Generator().manual_seed(0)
+    grey = torch.randint(0, 256, (16, 1, 12, 12), dtype=torch.uint8, generator=g)
+    colour = torch.randint(0, 256, (16, 3, 12, 12), dtype=torch.uint8, generator=g)
+    assert is_noop("saturation:0.3", grey)
+    assert not is_noop("saturation:0.3", colour)
+    assert not is_noop("exposure:0.3", grey)
+
+
+def test_classics_parameter_counts_are_the_models_own():
+    """The table's parameter column (traced on the meta device) equals sum(p.numel()) of the real model."""
+    from cnnlab.experiments.classics import measure_cost
+    from cnnlab.models import resolve_model
+
+    for classic in CLASSICS:
+        model, _ = resolve_model(classic.model, (1, 28, 28), 10, classic.options)
+        params, macs = measure_cost(classic, (1, 28, 28), 10)
+        assert params == sum(p.numel() for p in model.parameters()), classic.label
+    # LeNet-5 as taught: 156 + 2,416 + 48,120 + 10,164 + 850 parameters; MACs by hand at 28x28 (C1 padded)
+    assert measure_cost(CLASSICS[0], (1, 28, 28), 10) == (
+        61_706, 28 * 28 * 6 * 25 + 10 * 10 * 16 * 150 + 400 * 120 + 120 * 84 + 84 * 10)
+
+
+@needs_fashion
+@pytest.mark.slow
+def test_classics_quick(tmp_path):
+    result = run_experiment("classics", out=tmp_path, quick=True, progress=False)
+    saved = _check_files(tmp_path / "classics")
+    rows = saved["outcome"]["rows"]
+    assert [r["model"] for r in rows] == ["LeNet-5", "AlexNet-style", "VGG-style", "ResNet-20"]
+    assert [r["year"] for r in rows] == [1998, 2012, 2014, 2015]
+    assert rows[0]["params"] == 61_706
+    # ResNet-20: 269,722 parameters on 3-channel CIFAR images (0.27 M in the paper's Table 6); one input
+    # channel removes 2 of the first conv's 3 x 16 x 3 x 3 weights per filter
+    assert rows[-1]["params"] == 269_722 - 2 * 16 * 3 * 3
+    for r in rows:
+        assert 0.0 <= r["accuracy"] <= 1.0 and r["train_s"] > 0 and r["macs"] > 0
+    # the verdict is computed from the measured accuracies
+    rises = all(b["accuracy"] > a["accuracy"] for a, b in zip(rows[:-1], rows[1:], strict=True))
+    assert (saved["verdict"] == "supported") == (rises and all(r["macs"] > rows[0]["macs"] for r in rows[1:]))
+    assert "| LeNet-5 | 1998 | 61,706 |" in (tmp_path / "classics" / "table.md").read_text()
+    assert result.outcome.rows == rows
+
+
+@needs_fashion
+@pytest.mark.slow
+def test_augmentation_quick(tmp_path):
+    run_experiment("augmentation", out=tmp_path, quick=True, progress=False)
+    saved = _check_files(tmp_path / "augmentation")
+    rows = {r["augmentation"]: r for r in saved["outcome"]["rows"]}
+    assert list(rows) == ["none", "reflection", "random crop", "random scaling", "exposure", "saturation",
+                          "contrast (grey stand-in for saturation)", "all five (lecture preset)", "random erasing"]
+    assert rows["saturation"]["test"] is None  # grayscale: not trained, and the table says why
+    assert "no-op" in rows["saturation"]["pipeline"]
+    assert rows["all five (lecture preset)"]["pipeline"] == "lecture"
+    for name, r in rows.items():
+        if name == "saturation":
+            continue
+        assert 0.0 <= r["test"] <= 1.0 and 0.0 <= r["train"] <= 1.0
+        assert r["gap"] == pytest.approx(r["train"] - r["test"])
+        assert r["delta"] == pytest.approx(r["test"] - rows["none"]["test"])
+    assert any("grayscale" in n for n in saved["outcome"]["notes"])
