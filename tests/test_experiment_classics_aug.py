@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from cnnlab.experiments import run_experiment
+from cnnlab.experiments._common import stratified_indices, subset_dataset
 from cnnlab.experiments.augmentation import SIZES as AUG_SIZES
 from cnnlab.experiments.augmentation import is_noop
-from cnnlab.experiments.classics import CLASSICS, stratified_indices, subset_dataset
+from cnnlab.experiments.classics import CLASSICS
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 needs_fashion = pytest.mark.skipif(not FASHION.is_dir(), reason="Fashion-MNIST not installed at " + str(FASHION))

@@ -10,6 +10,7 @@ import torch
 
 from cnnlab.data.dataset import in_memory_dataset
 from cnnlab.experiments import run_experiment
+from cnnlab.experiments._common import fit
 from cnnlab.experiments.transferability import (
     TREATMENTS,
     build_net,
@@ -18,7 +19,6 @@ from cnnlab.experiments.transferability import (
     transfer_net,
     weight_layers,
 )
-from cnnlab.experiments.why_conv import fit
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 needs_fashion = pytest.mark.skipif(not FASHION.is_dir(), reason="Fashion-MNIST not installed at " + str(FASHION))

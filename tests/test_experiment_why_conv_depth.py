@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from cnnlab.experiments import run_experiment
+from cnnlab.experiments._common import subsample
 from cnnlab.experiments.depth import closed_form_rf, depth_spec
-from cnnlab.experiments.why_conv import NETS, subsample
+from cnnlab.experiments.why_conv import NETS
 from cnnlab.models import resolve_model
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")

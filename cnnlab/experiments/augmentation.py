@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnlab.experiments._base import ExperimentContext, Outcome, register_experiment
-from cnnlab.experiments.classics import (
+from cnnlab.experiments._common import (
     epoch_progress,
     final_accuracy,
     plural,
@@ -113,7 +113,7 @@ def run(ctx: ExperimentContext) -> Outcome:
                              "test": None, "train": None, "gap": None, "delta": None})
                 continue
             result = train(model=MODEL, data=ds, epochs=size["epochs"], augment=pipeline, **RECIPE, seed=ctx.seed,
-                           device=ctx.device, out=str(Path(tmp) / f"run{i}"), verbose=False, quiet=True,
+                           device=ctx.device, out=str(Path(tmp) / f"run{i}"), verbose=False, quiet=True, plots=False,
                            callbacks=[epoch_progress(ctx, label)])
             test_acc = final_accuracy(result.path, test, ctx.device)
             train_acc = final_accuracy(result.path, ds, ctx.device, split="train")

@@ -22,7 +22,7 @@ from torch import nn
 
 from cnnlab.errors import CnnlabError
 from cnnlab.experiments._base import ExperimentContext, Outcome, register_experiment
-from cnnlab.experiments.classics import epoch_progress, plural, stratified_indices, subset_dataset
+from cnnlab.experiments._common import epoch_progress, plural, stratified_indices, subset_dataset
 from cnnlab.models._base import ConvNet
 
 WIDTH, MID = 256, 64  # the lecture's block: 256 channels in and out, 64 inside the bottleneck
@@ -183,7 +183,7 @@ def run(ctx: ExperimentContext) -> Outcome:
             with torch.device("meta"):
                 costs = _costs(BottleneckNet(kind, num_classes=k, in_channels=c), ds.input_size)
             result = train(model=model, data=ds, epochs=size["epochs"], **RECIPE, seed=ctx.seed, device=ctx.device,
-                           out=str(Path(tmp) / kind), verbose=False, quiet=True, callbacks=[epoch_progress(ctx, kind)])
+                           out=str(Path(tmp) / kind), verbose=False, quiet=True, plots=False, callbacks=[epoch_progress(ctx, kind)])
             seconds = sum(h["train_seconds"] for h in result.history)
             rows.append({"block": kind, "block_params": count, "block_macs": costs["block_macs"],
                          "params": costs["params"], "macs": costs["macs"],

@@ -17,8 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cnnlab.errors import CnnlabError
 from cnnlab.experiments._base import ExperimentContext, Outcome, register_experiment
+from cnnlab.experiments._common import (
+    epoch_progress,
+    final_accuracy,
+    plural,
+    stratified_indices,
+    subset_dataset,
+)
 
 # Images per class: trained on, monitored each epoch, tested once at the end (None: the whole test set).
 # The default took 119 s on 2 quiet CPU cores (Zen 5, bf16) for all four nets; ResNet-20 (31 M MACs
@@ -60,64 +66,6 @@ CLASSICS: tuple[Classic, ...] = (
             {}, 0.073, "VGG's (conv3x3 x2 + maxpool) x3, channels 32-64-128, fc 256"),
     Classic("ResNet-20", 2015, "resnet20", {}, 0.0357, "zoo resnet20: He et al.'s CIFAR ResNet, batch norm, skips"),
 )
-
-
-def stratified_indices(labels, per_class: int | None, seed: int):
-    """Indices of `per_class` images of every class (all of them if None), seeded, sorted.
-
-    `labels`: (N,) int64. A class with fewer images gives all it has.
-    """
-    import torch  # noqa: PLC0415
-
-    if per_class is None:
-        return torch.arange(len(labels))
-    g = torch.Generator().manual_seed(int(seed))
-    picked = []
-    for c in torch.unique(labels).tolist():
-        idx = torch.nonzero(labels == c).flatten()
-        picked.append(idx[torch.randperm(len(idx), generator=g)[:per_class]])
-    return torch.cat(picked).sort().values
-
-
-def subset_dataset(ds, train_idx, test_idx):
-    """`ds` with only the train images at `train_idx` and test images at `test_idx` (int64 tensors).
-
-    The normalisation statistics are recomputed from the kept training images, as a training run would.
-    """
-    from cnnlab.data.dataset import in_memory_dataset  # noqa: PLC0415
-
-    if not hasattr(ds.train, "images") or not hasattr(ds.test, "images"):
-        raise CnnlabError(f"this experiment needs a dataset held in memory; '{ds.name}' is streamed from disk")
-    return in_memory_dataset(ds.name, ds.classes, ds.source, (ds.train.images[train_idx], ds.train.labels[train_idx]),
-                             (ds.test.images[test_idx], ds.test.labels[test_idx]))
-
-
-def epoch_progress(ctx: ExperimentContext, label: str):
-    """A training callback that advances the experiment's progress line once per epoch."""
-    from cnnlab.train import Callback  # noqa: PLC0415
-
-    class EpochStep(Callback):
-        def on_epoch_end(self, trainer, epoch, metrics):
-            n = len(trainer.dataset.test)
-            ctx.progress.step(f"{label} epoch {epoch + 1}: {100 * metrics['test_accuracy']:.1f}% of {n:,} test images")
-
-    return EpochStep()
-
-
-def final_accuracy(run_path: Path, ds, device: str, split: str = "test") -> float:
-    """Top-1 accuracy of a run's last weights (no selection on the test set) on `ds`'s `split`.
-
-    Training monitors a small test subset each epoch (the trainer evaluates every epoch, and a full
-    test set each time would cost a third of the budget); the reported number comes from here, once.
-    """
-    from cnnlab.train import evaluate  # noqa: PLC0415
-
-    return evaluate(run_path, data=ds, which="last", split=split, device=device).accuracy
-
-
-def plural(n: int, word: str) -> str:
-    """`plural(1, "epoch")` -> "1 epoch", `plural(3, "epoch")` -> "3 epochs"."""
-    return f"{n:,} {word}" + ("" if n == 1 else "s")
 
 
 def measure_cost(classic: Classic, input_size: tuple[int, int, int], num_classes: int) -> tuple[int, int]:
@@ -187,7 +135,7 @@ def run(ctx: ExperimentContext) -> Outcome:
         for classic, (params, macs) in zip(CLASSICS, costs, strict=True):
             result = train(model=_model_text(classic, k), data=ds, epochs=size["epochs"], **RECIPE,
                            extra=dict(classic.options), seed=ctx.seed, device=ctx.device,
-                           out=str(Path(tmp) / classic.label), verbose=False, quiet=True,
+                           out=str(Path(tmp) / classic.label), verbose=False, quiet=True, plots=False,
                            callbacks=[epoch_progress(ctx, classic.label)])
             seconds = sum(h["train_seconds"] for h in result.history)
             rows.append({"model": classic.label, "year": classic.year, "params": params, "macs": macs,

@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cnnlab.experiments._base import ExperimentContext, Outcome, register_experiment
-from cnnlab.experiments.why_conv import fit, param_count, subsample
+from cnnlab.experiments._common import fit, param_count, subsample
 
 WIDTH = 16  # channels of every conv layer: small enough that 6 layers at 28x28 train in seconds
 NOISE = 0.01  # one point: differences below it are within seed-to-seed noise at this size

@@ -24,7 +24,7 @@ from torch import nn
 
 from cnnlab.data.dataset import Dataset, in_memory_dataset
 from cnnlab.experiments._base import ExperimentContext, Outcome, register_experiment
-from cnnlab.experiments.why_conv import fit
+from cnnlab.experiments._common import fit
 
 # L = 5 weight layers; n runs over 1..4 (the classifier is always new, as the paper's fc8).
 # Strided convolutions instead of pooling keep every layer a weight layer ("all-conv", Springenberg 2015).

@@ -14,15 +14,10 @@ more than training the tiny nets of `--quick`.
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
-from typing import Any
 
-import torch
-from torch import nn
-
-from cnnlab.data.dataset import Dataset, in_memory_dataset
 from cnnlab.experiments._base import ExperimentContext, Outcome, register_experiment
+from cnnlab.experiments._common import fit, param_count, subsample
 
 NETS = {  # name -> spec in the lecture's notation; see the module docstring for why these three
     "dense": "fc256 fc128 fc10",
@@ -37,41 +32,6 @@ QUICK_SIZE = (50, 30, 1)
 
 
 # ---- helpers shared by the experiments of this family ---------------------------------------------
-def subsample(ds: Dataset, train_per_class: int, test_per_class: int, seed: int) -> Dataset:
-    """A class-balanced, seeded sample of `ds`: at most `train_per_class` train and `test_per_class`
-    test images of every class, labels unchanged (uint8 (N, C, H, W) images, as loaded)."""
-    gen = torch.Generator().manual_seed(seed)
-    parts = []
-    for split, limit in ((ds.train, train_per_class), (ds.test, test_per_class)):
-        idx = [torch.nonzero(split.labels == c).flatten() for c in range(ds.num_classes)]
-        keep = torch.cat([i[torch.randperm(len(i), generator=gen)[:limit]] for i in idx])
-        keep = keep.sort().values  # the trainer shuffles; keep the stored order here
-        parts.append((split.images[keep], split.labels[keep]))
-    return in_memory_dataset(ds.name, list(ds.classes), ds.source, parts[0], parts[1])
-
-
-def fit(model: str | nn.Module, data: Dataset, *, device: str = "auto", **options: Any):
-    """Train `model` (a spec, a name or a module) on `data` quietly in a throw-away run directory;
-    returns the `TrainResult` (its `model` stays usable after the directory is gone).
-
-    `options` are `TrainConfig` fields (epochs, batch_size, lr, seed, ...). The run's learning-curve
-    and confusion-matrix pictures are skipped: the experiment draws its own picture.
-    """
-    from cnnlab.train import TrainConfig, Trainer  # noqa: PLC0415
-
-    with tempfile.TemporaryDirectory(prefix="cnnlab-exp-") as tmp:
-        cfg = TrainConfig(**options, device=device, out=str(Path(tmp) / "run"))
-        if isinstance(model, str):
-            cfg.model, module = model, None
-        else:
-            module = model
-        return Trainer(cfg, model=module, data=data, quiet=True, verbose=False, plots=False).fit()
-
-
-def param_count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 # ---- the experiment -----------------------------------------------------------------------------
 def _plot(rows: list[dict], path: Path) -> None:
     from cnnlab.train.plots import _figure, _save  # noqa: PLC0415

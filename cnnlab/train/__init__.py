@@ -10,6 +10,7 @@ Modules: config (TrainConfig), loop (Trainer), optim, precision, checkpoint, run
 distributed (DDP), recipes, lr_find, evaluate, predict, export, progress, plots.
 """
 
+from cnnlab._callable import make_callable
 from cnnlab.train.api import resolve_config, train
 from cnnlab.train.config import TrainConfig
 from cnnlab.train.evaluate import EvalResult, evaluate
@@ -25,3 +26,5 @@ __all__ = [
     "TrainConfig", "TrainResult", "Trainer", "TrainingInterrupted", "evaluate", "export", "lr_find", "open_run",
     "predict", "resolve_config", "train",
 ]
+
+make_callable(__name__, "train")

@@ -4,6 +4,7 @@
     >>> transfer("resnet18:imagenet", "digits", strategy="features", head="logreg", train_per_class=10)
 """
 
+from cnnlab._callable import make_callable
 from cnnlab.transfer.freeze import freeze, is_frozen, unfreeze
 
 __all__ = ["freeze", "unfreeze", "is_frozen", "transfer", "probe", "load_backbone", "cut_points",
@@ -21,3 +22,6 @@ def __getattr__(name: str):
 
         return getattr(backbone, name)
     raise AttributeError(f"module 'cnnlab.transfer' has no attribute {name!r}")
+
+
+make_callable(__name__, "transfer")

@@ -1,0 +1,100 @@
+"""Helpers shared by the experiments: seeded class-balanced subsets, quiet training, progress, counts."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from cnnlab.data.dataset import Dataset
+from cnnlab.errors import CnnlabError
+from cnnlab.experiments._base import ExperimentContext
+
+
+def stratified_indices(labels, per_class: int | None, seed: int):
+    """Indices of `per_class` images of every class (all of them if None), seeded, sorted.
+
+    `labels`: (N,) int64. A class with fewer images gives all it has.
+    """
+    import torch  # noqa: PLC0415
+
+    if per_class is None:
+        return torch.arange(len(labels))
+    g = torch.Generator().manual_seed(int(seed))
+    picked = []
+    for c in torch.unique(labels).tolist():
+        idx = torch.nonzero(labels == c).flatten()
+        picked.append(idx[torch.randperm(len(idx), generator=g)[:per_class]])
+    return torch.cat(picked).sort().values
+
+
+def subset_dataset(ds, train_idx, test_idx):
+    """`ds` with only the train images at `train_idx` and test images at `test_idx` (int64 tensors).
+
+    The normalisation statistics are recomputed from the kept training images, as a training run would.
+    """
+    from cnnlab.data.dataset import in_memory_dataset  # noqa: PLC0415
+
+    if not hasattr(ds.train, "images") or not hasattr(ds.test, "images"):
+        raise CnnlabError(f"this experiment needs a dataset held in memory; '{ds.name}' is streamed from disk")
+    return in_memory_dataset(ds.name, ds.classes, ds.source, (ds.train.images[train_idx], ds.train.labels[train_idx]),
+                             (ds.test.images[test_idx], ds.test.labels[test_idx]))
+
+
+def epoch_progress(ctx: ExperimentContext, label: str):
+    """A training callback that advances the experiment's progress line once per epoch."""
+    from cnnlab.train import Callback  # noqa: PLC0415
+
+    class EpochStep(Callback):
+        def on_epoch_end(self, trainer, epoch, metrics):
+            n = len(trainer.dataset.test)
+            ctx.progress.step(f"{label} epoch {epoch + 1}: {100 * metrics['test_accuracy']:.1f}% of {n:,} test images")
+
+    return EpochStep()
+
+
+def final_accuracy(run_path: Path, ds, device: str, split: str = "test") -> float:
+    """Top-1 accuracy of a run's last weights (no selection on the test set) on `ds`'s `split`.
+
+    Training monitors a small test subset each epoch (the trainer evaluates every epoch, and a full
+    test set each time would cost a third of the budget); the reported number comes from here, once.
+    """
+    from cnnlab.train import evaluate  # noqa: PLC0415
+
+    return evaluate(run_path, data=ds, which="last", split=split, device=device).accuracy
+
+
+def plural(n: int, word: str) -> str:
+    """`plural(1, "epoch")` -> "1 epoch", `plural(3, "epoch")` -> "3 epochs"."""
+    return f"{n:,} {word}" + ("" if n == 1 else "s")
+
+
+def subsample(ds: Dataset, train_per_class: int | None, test_per_class: int | None, seed: int) -> Dataset:
+    """A class-balanced, seeded sample of `ds`: at most `train_per_class` train and `test_per_class`
+    test images of every class (None: all), labels unchanged, normalisation recomputed."""
+    return subset_dataset(ds, stratified_indices(ds.train.labels, train_per_class, seed),
+                          stratified_indices(ds.test.labels, test_per_class, seed + 1))
+
+
+def fit(model: str | nn.Module, data: Dataset, *, device: str = "auto", **options: Any):
+    """Train `model` (a spec, a name or a module) on `data` quietly in a throw-away run directory;
+    returns the `TrainResult` (its `model` stays usable after the directory is gone).
+
+    `options` are `TrainConfig` fields (epochs, batch_size, lr, seed, ...). The run's learning-curve
+    and confusion-matrix pictures are skipped: the experiment draws its own picture.
+    """
+    from cnnlab.train import TrainConfig, Trainer  # noqa: PLC0415
+
+    with tempfile.TemporaryDirectory(prefix="cnnlab-exp-") as tmp:
+        cfg = TrainConfig(**options, device=device, out=str(Path(tmp) / "run"))
+        if isinstance(model, str):
+            cfg.model, module = model, None
+        else:
+            module = model
+        return Trainer(cfg, model=module, data=data, quiet=True, verbose=False, plots=False).fit()
+
+
+def param_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
