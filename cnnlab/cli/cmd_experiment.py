@@ -25,6 +25,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     import json  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
 
     from cnnlab.experiments import list_experiments, run_all, run_experiment  # noqa: PLC0415
 
@@ -41,5 +42,5 @@ def run(args: argparse.Namespace) -> int:
         for r in results:
             print(r.markdown())
         if args.name == "all":
-            print(f"wrote {args.out}/lecture.md")
+            print(f"wrote {Path(args.out) / 'lecture.md'}")
     return 0

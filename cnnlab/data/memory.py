@@ -153,6 +153,19 @@ def stratified_holdout(labels: Tensor, fraction: float, seed: int) -> tuple[Tens
     return torch.cat(keep).sort().values, torch.cat(hold).sort().values
 
 
+def stratified_sample(labels: Tensor, per_class: int | None, seed: int) -> Tensor:
+    """Indices of `per_class` images of every class (all of a class with fewer; all images if None),
+    seeded, sorted. `labels`: (N,) int64."""
+    if per_class is None:
+        return torch.arange(len(labels))
+    g = torch.Generator().manual_seed(int(seed))
+    picked = []
+    for c in torch.unique(labels).tolist():
+        idx = torch.nonzero(labels == c).flatten()
+        picked.append(idx[torch.randperm(len(idx), generator=g)[:per_class]])
+    return torch.cat(picked).sort().values
+
+
 def channel_stats(images: Tensor | np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and (population) std of uint8 images (N, C, H, W), in [0, 1] units.
 

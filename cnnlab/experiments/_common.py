@@ -9,25 +9,9 @@ from typing import Any
 from torch import nn
 
 from cnnlab.data.dataset import Dataset
+from cnnlab.data.memory import stratified_sample as stratified_indices  # the experiments' name for it
 from cnnlab.errors import CnnlabError
 from cnnlab.experiments._base import ExperimentContext
-
-
-def stratified_indices(labels, per_class: int | None, seed: int):
-    """Indices of `per_class` images of every class (all of them if None), seeded, sorted.
-
-    `labels`: (N,) int64. A class with fewer images gives all it has.
-    """
-    import torch  # noqa: PLC0415
-
-    if per_class is None:
-        return torch.arange(len(labels))
-    g = torch.Generator().manual_seed(int(seed))
-    picked = []
-    for c in torch.unique(labels).tolist():
-        idx = torch.nonzero(labels == c).flatten()
-        picked.append(idx[torch.randperm(len(idx), generator=g)[:per_class]])
-    return torch.cat(picked).sort().values
 
 
 def subset_dataset(ds, train_idx, test_idx):

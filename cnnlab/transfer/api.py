@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from cnnlab.data.memory import stratified_sample
 from cnnlab.errors import CnnlabError
 from cnnlab.transfer.adapt import make_adapter
 from cnnlab.transfer.backbone import Backbone, Truncated, check_layer, cut, cut_points, load_backbone
@@ -60,16 +61,6 @@ class TransferResult:
                 "rows": self.rows, "details": self.details}
 
 
-def subsample_per_class(labels: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
-    """Indices of `k` training images per class (fewer where a class has fewer), seeded, sorted."""
-    g = torch.Generator().manual_seed(int(seed))
-    picks = []
-    for c in torch.unique(labels).tolist():
-        idx = torch.nonzero(labels == c).flatten()
-        picks.append(idx[torch.randperm(len(idx), generator=g)[:k]])
-    return torch.cat(picks).sort().values
-
-
 def _load_data(data, train_per_class: int | None, seed: int, data_dir=None):
     from cnnlab.data import load_dataset  # noqa: PLC0415
 
@@ -80,7 +71,7 @@ def _load_data(data, train_per_class: int | None, seed: int, data_dir=None):
     if train_per_class is not None:
         if not isinstance(train_per_class, int) or isinstance(train_per_class, bool) or train_per_class < 1:
             raise CnnlabError(f"train_per_class must be a positive integer, got {train_per_class!r}")
-        train = train.subset(subsample_per_class(train.labels, train_per_class, seed))
+        train = train.subset(stratified_sample(train.labels, train_per_class, seed))
     return ds, train
 
 
