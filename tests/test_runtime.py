@@ -56,3 +56,16 @@ def test_tuning_removes_page_faults_of_reallocated_buffers():
 def test_user_settings_win(env, expect):
     r = probe("tune", work=False, **env)
     assert r["tuned"] is False and r["status"].startswith(expect)
+
+
+def test_atomic_writes_get_the_mode_a_plain_open_gives(tmp_path):
+    from cnnlab.train.checkpoint import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.json", "{}")
+        with open(tmp_path / "b.json", "w") as f:  # what the user would expect: the same as this
+            f.write("{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == (tmp_path / "b.json").stat().st_mode & 0o777 == 0o644

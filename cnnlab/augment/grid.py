@@ -16,6 +16,7 @@ from torch import Tensor
 
 from cnnlab.augment.pipeline import Pipeline, parse_pipeline
 from cnnlab.errors import CnnlabError
+from cnnlab.runtime import new_file_mode
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 _BACKGROUND = 255  # white between cells
@@ -78,6 +79,7 @@ def save_picture(picture: np.ndarray, out: str | Path) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             Image.fromarray(picture).save(f, format=Image.registered_extensions()[out.suffix.lower()])
+        os.chmod(tmp, new_file_mode())  # mkstemp made it 0600; give it a plain open()'s mode
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from cnnlab.errors import CnnlabError
+from cnnlab.runtime import new_file_mode
 
 CKPT_RE = re.compile(r"^ckpt-(\d{8})\.pt$")
 
@@ -41,6 +42,8 @@ def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None] | 
             else:
                 write(f)
             f.flush()
+            # mkstemp creates the file 0600; give it the mode a plain open() would (0666 minus umask)
+            os.fchmod(f.fileno(), new_file_mode())
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
