@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
+from conftest import check_experiment_files, needs_fashion
 from torch import nn
 
 from cnnlab.errors import CnnlabError
 from cnnlab.experiments import run_experiment
 from cnnlab.experiments.bottleneck import BottleneckNet, block_conv_params
-
-FASHION = Path("/usr/share/datasets/fashion-mnist")
-needs_fashion = pytest.mark.skipif(not FASHION.is_dir(), reason="Fashion-MNIST not installed at " + str(FASHION))
 
 
 def test_block_parameters_equal_the_published_numbers():
@@ -55,9 +50,7 @@ def test_blocks_keep_the_shape_and_train():
 def test_bottleneck_quick(tmp_path):
     run_experiment("bottleneck", out=tmp_path, quick=True, progress=False)
     folder = tmp_path / "bottleneck"
-    saved = json.loads((folder / "result.json").read_text())
-    assert saved["quick"] is True and saved["verdict"] in ("supported", "not supported", "inconclusive")
-    assert (folder / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = check_experiment_files(folder)
     rows = saved["outcome"]["rows"]
     assert [r["block"] for r in rows] == ["plain", "bottleneck"]
     assert [r["block_params"] for r in rows] == [589_824, 69_632]

@@ -2,29 +2,15 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
+from conftest import check_experiment_files, needs_fashion
 
 from cnnlab.experiments import run_experiment
 from cnnlab.experiments._common import stratified_indices, subset_dataset
 from cnnlab.experiments.augmentation import SIZES as AUG_SIZES
 from cnnlab.experiments.augmentation import is_noop
 from cnnlab.experiments.classics import CLASSICS
-
-FASHION = Path("/usr/share/datasets/fashion-mnist")
-needs_fashion = pytest.mark.skipif(not FASHION.is_dir(), reason="Fashion-MNIST not installed at " + str(FASHION))
-PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def _check_files(folder: Path) -> dict:
-    saved = json.loads((folder / "result.json").read_text())
-    assert saved["quick"] is True and saved["verdict"] in ("supported", "not supported", "inconclusive")
-    assert (folder / "plot.png").read_bytes()[:8] == PNG
-    assert saved["claim"] and saved["outcome"]["verdict"]
-    return saved
 
 
 def test_stratified_indices_take_the_same_number_of_every_class():
@@ -78,7 +64,7 @@ def test_classics_parameter_counts_are_the_models_own():
 @pytest.mark.slow
 def test_classics_quick(tmp_path):
     result = run_experiment("classics", out=tmp_path, quick=True, progress=False)
-    saved = _check_files(tmp_path / "classics")
+    saved = check_experiment_files(tmp_path / "classics")
     rows = saved["outcome"]["rows"]
     assert [r["model"] for r in rows] == ["LeNet-5", "AlexNet-style", "VGG-style", "ResNet-20"]
     assert [r["year"] for r in rows] == [1998, 2012, 2014, 2015]
@@ -99,7 +85,7 @@ def test_classics_quick(tmp_path):
 @pytest.mark.slow
 def test_augmentation_quick(tmp_path):
     run_experiment("augmentation", out=tmp_path, quick=True, progress=False)
-    saved = _check_files(tmp_path / "augmentation")
+    saved = check_experiment_files(tmp_path / "augmentation")
     rows = {r["augmentation"]: r for r in saved["outcome"]["rows"]}
     assert list(rows) == ["none", "reflection", "random crop", "random scaling", "exposure", "saturation",
                           "contrast (grey stand-in for saturation)", "all five (lecture preset)", "random erasing"]

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
+from conftest import check_experiment_files, needs_fashion
 
 from cnnlab.data.dataset import in_memory_dataset
 from cnnlab.experiments import run_experiment
@@ -20,8 +18,6 @@ from cnnlab.experiments.transferability import (
     weight_layers,
 )
 
-FASHION = Path("/usr/share/datasets/fashion-mnist")
-needs_fashion = pytest.mark.skipif(not FASHION.is_dir(), reason="Fashion-MNIST not installed at " + str(FASHION))
 SIZE = (1, 28, 28)
 
 
@@ -89,12 +85,10 @@ def test_frozen_layers_stay_unchanged_and_fine_tuned_ones_move():
 def test_transferability_quick(tmp_path):
     run_experiment("transferability", out=tmp_path, quick=True, progress=False)
     folder = tmp_path / "transferability"
-    saved = json.loads((folder / "result.json").read_text())
+    saved = check_experiment_files(folder)
     rows = saved["outcome"]["rows"]
     assert [r["n"] for r in rows] == [1, 2, 3, 4]
     assert saved["outcome"]["columns"] == ["n", *TREATMENTS, "baseB"]
     assert all(0.0 <= r[t] <= 1.0 for r in rows for t in (*TREATMENTS, "baseB"))
     assert len({r["baseB"] for r in rows}) == 1  # one reference net
-    png = (folder / "plot.png").read_bytes()
-    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
     assert "| n (layers copied) |" in (folder / "table.md").read_text()

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
+from conftest import check_experiment_files, needs_fashion
 
 from cnnlab.experiments import run_experiment
 from cnnlab.experiments._common import subsample
 from cnnlab.experiments.depth import closed_form_rf, depth_spec
 from cnnlab.experiments.why_conv import NETS
 from cnnlab.models import resolve_model
-
-FASHION = Path("/usr/share/datasets/fashion-mnist")
-needs_fashion = pytest.mark.skipif(not FASHION.is_dir(), reason="Fashion-MNIST not installed at " + str(FASHION))
-PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def _params(spec: str) -> int:
@@ -79,20 +73,11 @@ def test_subsample_is_balanced_and_keeps_labels():
     assert torch.equal(again.train.images, sub.train.images)
 
 
-def _check_files(folder: Path) -> dict:
-    result = json.loads((folder / "result.json").read_text())
-    assert result["quick"] is True
-    png = (folder / "plot.png").read_bytes()
-    assert png.startswith(PNG) and len(png) > 1000
-    assert "**Verdict:" in (folder / "table.md").read_text()
-    return result
-
-
 @needs_fashion
 @pytest.mark.slow
 def test_why_conv_quick(tmp_path):
     res = run_experiment("why-conv", out=tmp_path, quick=True, progress=False)
-    saved = _check_files(tmp_path / "why-conv")
+    saved = check_experiment_files(tmp_path / "why-conv")
     rows = {r["net"]: r for r in saved["outcome"]["rows"]}
     assert set(rows) == {"dense", "local", "conv"}
     hand = _hand_counts()
@@ -107,7 +92,7 @@ def test_why_conv_quick(tmp_path):
 @pytest.mark.slow
 def test_depth_quick(tmp_path):
     run_experiment("depth", out=tmp_path, quick=True, progress=False)
-    rows = _check_files(tmp_path / "depth")["outcome"]["rows"]
+    rows = check_experiment_files(tmp_path / "depth")["outcome"]["rows"]
     plain = [r for r in rows if not r["pool"]]
     pooled = [r for r in rows if r["pool"]]
     assert [r["depth"] for r in plain] == [1, 2, 3] and [r["depth"] for r in pooled] == [1, 2]
