@@ -29,6 +29,21 @@ def hookable(model: nn.Module) -> nn.Module:
     return clone
 
 
+def _dry_run(model: nn.Module, input_size: tuple[int, int, int], handles: list) -> None:
+    """One no-grad forward pass of a zero image (1, C, H, W) in eval mode, for the hooks in `handles`;
+    the hooks are removed and the model's train/eval mode restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        with torch.no_grad():
+            model(torch.zeros(1, *input_size, device=device))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+
+
 def spatial_layers(model: nn.Module, input_size: tuple[int, int, int]) -> list[tuple[str, tuple[int, ...]]]:
     """`(name, (C, H, W))` of every named module whose output is a feature map, in the order they finish.
 
@@ -43,17 +58,7 @@ def spatial_layers(model: nn.Module, input_size: tuple[int, int, int]) -> list[t
                 found[name] = tuple(output.shape[1:])
         return record
 
-    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if n]
-    was_training = model.training
-    model.eval()
-    try:
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        with torch.no_grad():
-            model(torch.zeros(1, *input_size, device=device))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    _dry_run(model, input_size, [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if n])
     return list(found.items())
 
 
@@ -63,17 +68,8 @@ def first_conv(model: nn.Module, input_size: tuple[int, int, int]) -> tuple[str,
     convs = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
     if not convs:
         raise CnnlabError(f"model {type(model).__name__} has no Conv2d layer, so it has no kernels to show")
-    handles = [m.register_forward_pre_hook(lambda _m, _i, n=n: order.append(n)) for n, m in convs.items()]
-    was_training = model.training
-    model.eval()
-    try:
-        device = next(iter(convs.values())).weight.device
-        with torch.no_grad():
-            model(torch.zeros(1, *input_size, device=device))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    _dry_run(model, input_size,
+             [m.register_forward_pre_hook(lambda _m, _i, n=n: order.append(n)) for n, m in convs.items()])
     name = order[0] if order else next(iter(convs))
     return name, convs[name]
 
