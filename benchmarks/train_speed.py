@@ -1,7 +1,8 @@
 """Training speed, side by side in one run: cnnlab vs a plain PyTorch loop (vs Keras 3 when installed).
 
     python benchmarks/train_speed.py                  # both tables (several minutes on 2 cores)
-    python benchmarks/train_speed.py --skip-tta       # throughput only
+    python benchmarks/train_speed.py --skip-tta       # throughput only (tta: time to accuracy)
+    python benchmarks/train_speed.py --time-to-accuracy-only --recipes fashion-mnist-94 --plain-epochs 0
     python benchmarks/train_speed.py --quick          # 1 epoch each, short time-to-accuracy budget
 
 Throughput: the same model (`simple_cnn`, the lecture's conv3x3-32 maxpool2 conv3x3-64 maxpool2 fc10),
@@ -156,8 +157,12 @@ def first_reach(records: list[dict], threshold: float) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--epochs", type=int, default=2, help="epochs per contestant for throughput (default 2)")
-    ap.add_argument("--plain-epochs", type=int, default=15, help="epochs of the plain loop for time-to-accuracy")
+    ap.add_argument("--plain-epochs", type=int, default=15,
+                    help="epochs of the plain loop for time-to-accuracy (0: leave it out)")
     ap.add_argument("--skip-tta", action="store_true", help="throughput only")
+    ap.add_argument("--time-to-accuracy-only", action="store_true", help="skip the throughput table")
+    ap.add_argument("--recipes", default="fashion-mnist,fashion-mnist-94",
+                    help="comma-separated recipes for time to accuracy (default fashion-mnist,fashion-mnist-94)")
     ap.add_argument("--levers", action="store_true", help="also cnnlab in fp32 and without channels_last")
     ap.add_argument("--quick", action="store_true", help="1 epoch each, short time-to-accuracy runs")
     ap.add_argument("--out", default="runs/bench", help="folder for cnnlab's run directories")
@@ -167,6 +172,13 @@ def main() -> None:
     stamp = time.strftime("%Y%m%d-%H%M%S")
 
     print(f"machine: {machine()}")
+    if not args.time_to_accuracy_only:
+        throughput(args, stamp)
+    if not args.skip_tta:
+        time_to_accuracy(args, stamp)
+
+
+def throughput(args: argparse.Namespace, stamp: str) -> None:
     print(f"\n## Throughput: simple_cnn, Fashion-MNIST, batch 128, Adam 1e-3, {args.epochs} epoch(s) each")
     rows = []
     cn = run_cnnlab(args.epochs, f"{args.out}/{stamp}-cnnlab")
@@ -190,16 +202,17 @@ def main() -> None:
         print(f"| {'Keras 3 on TensorFlow CPU':<64} | {best_rate(keras):>8,.0f} | {best_rate(keras) / base:>12.2f} | "
               f"{100 * keras[-1]['test_accuracy']:>7.2f}% |")
 
-    if args.skip_tta:
-        return
+
+def time_to_accuracy(args: argparse.Namespace, stamp: str) -> None:
     print("\n## Time to accuracy on Fashion-MNIST (wall seconds, data loading and evaluation included)")
     contestants = []
-    for name in ("fashion-mnist",) if args.quick else ("fashion-mnist", "fashion-mnist-94"):
+    for name in ("fashion-mnist",) if args.quick else [r.strip() for r in args.recipes.split(",") if r.strip()]:
         opts = _recipe(name)
         epochs = 2 if args.quick else opts.pop("epochs")
         opts.pop("epochs", None)
         contestants.append((f"cnnlab --recipe {name}", run_cnnlab(epochs, f"{args.out}/{stamp}-{name}", **opts)))
-    contestants.append((f"plain PyTorch loop ({args.plain_epochs} epochs)", run_plain(args.plain_epochs)))
+    if args.plain_epochs > 0:
+        contestants.append((f"plain PyTorch loop ({args.plain_epochs} epochs)", run_plain(args.plain_epochs)))
     print("| test accuracy | " + " | ".join(name for name, _ in contestants) + " |")
     print("|---|" + "---|" * len(contestants))
     for t in THRESHOLDS:

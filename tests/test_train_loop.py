@@ -70,6 +70,46 @@ def test_recorded_accuracy_matches_a_plain_fp32_evaluation(reference_run):
     assert card["accuracy"] > 0.8  # it did learn: chance is 0.1
 
 
+def test_flip_tta_averages_the_probabilities_of_image_and_mirror():
+    """Reference: softmax of a model on each image and on its mirror, averaged by hand. The model is a
+    random linear map of the pixels, so mirroring changes its answers a lot (a test that could not fail
+    otherwise: a model trained with flips hardly cares)."""
+    import torch.nn.functional as F
+    from torch import nn
+
+    from cnnlab.train.evaluate import evaluate_split
+    from cnnlab.train.inputs import Preprocess
+    from cnnlab.train.precision import resolve_precision
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    ds = load_dataset("digits")
+    x = (ds.test.images.float() / 255 - ds.mean[0]) / ds.std[0]
+    with torch.no_grad():
+        p_plain = model(x).softmax(1)
+        p_tta = (p_plain + model(torch.flip(x, dims=[3])).softmax(1)) / 2
+    prec = resolve_precision("fp32", "cpu", channels_last=False)
+    prep = Preprocess(ds.mean, ds.std, prec.device, channels_last=False)
+    r = evaluate_split(model, ds.test, prep, prec, 10, tta="flip")
+    plain = evaluate_split(model, ds.test, prep, prec, 10)
+    assert torch.equal(r.confusion.sum(0), torch.bincount(p_tta.argmax(1), minlength=10))
+    assert r.loss == pytest.approx(float(F.nll_loss(p_tta.log(), ds.test.labels)), rel=1e-5)
+    assert plain.loss == pytest.approx(float(F.nll_loss(p_plain.log(), ds.test.labels)), rel=1e-5)
+    assert abs(r.loss - plain.loss) > 0.01 and not torch.equal(r.confusion, plain.confusion)
+
+
+def test_eval_takes_tta_from_the_run_unless_told(reference_run):
+    from cnnlab.train.evaluate import evaluate
+
+    out, result = reference_run
+    best = max(r["test_accuracy"] for r in result.history)  # best.safetensors: the best epoch, trained without tta
+    assert evaluate(out).accuracy == pytest.approx(best, abs=2 / 360)
+    flipped = evaluate(out, tta="flip")
+    shown = run_cli("eval", str(out), "--tta", "flip", check=True).stdout
+    assert f"accuracy {100 * flipped.accuracy:.2f}%" in shown
+    assert "--tta" in run_cli("train", "--help", check=True).stdout
+
+
 def _script(body: str) -> str:
     return textwrap.dedent(
         """

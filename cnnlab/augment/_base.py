@@ -156,14 +156,16 @@ class Op:
         """Draw the parameters of every sample of a batch of `shape` (N, C, H, W): (N,) tensors on device."""
         return {}
 
-    def apply(self, x: Tensor, params: Params) -> Tensor:
-        """Apply the op with the given per-sample parameters (deterministic); x is not modified."""
+    def apply(self, x: Tensor, params: Params, out: Tensor | None = None) -> Tensor:
+        """Apply the op with the given per-sample parameters (deterministic); x is not modified. With
+        `out` (the result's shape and dtype, not overlapping x) the result is written there and returned:
+        a pipeline's last op then writes straight into the batch it returns."""
         maps = self.index_map(params, tuple(x.shape))
         if maps is not None:
-            return remap(x, *maps)
+            return remap(x, *maps, out=out)
         taps = self.taps(params, tuple(x.shape))
         if taps is not None:
-            return resample(x, *taps)
+            return resample(x, *taps, out=out)
         raise NotImplementedError(f"{type(self).__name__} defines neither apply, index_map nor taps")
 
     def index_map(self, params: Params, shape: Shape) -> IndexMap | None:
@@ -174,6 +176,11 @@ class Op:
     def taps(self, params: Params, shape: Shape) -> tuple[Taps, Taps] | None:
         """For separable bilinear resamplers: (row taps, column taps) such that
         `apply(x) == resample(x, *taps)`; None for the others."""
+        return None
+
+    def gain(self, params: Params) -> Tensor | None:
+        """For ops that only multiply each sample by a factor and clamp to [0, 1]: the (N,) factors, so
+        that a pipeline can fold them into the gather or resample before; None for the others."""
         return None
 
     def output_size(self, size: Size) -> Size:

@@ -32,6 +32,10 @@ LUMA_601 = (0.299, 0.587, 0.114)
 
 def luma(x: Tensor) -> Tensor:
     """(N, 3, H, W) RGB -> (N, 1, H, W) ITU-R 601 grey."""
+    n, _, h, w = x.shape
+    if x.is_contiguous() and x.dtype == torch.float32:  # one matrix product: twice as fast as 5 passes
+        weights = torch.tensor(LUMA_601, dtype=x.dtype, device=x.device)
+        return (weights @ x.view(n, 3, h * w)).view(n, 1, h, w)
     r, g, b = x.unbind(1)
     return (LUMA_601[0] * r + LUMA_601[1] * g + LUMA_601[2] * b).unsqueeze(1)
 
@@ -69,11 +73,14 @@ class Exposure(Op):
         g = torch.where(keep, _lerp(u[1], 1 - self.gamma, 1 + self.gamma), 1.0)
         return {"brightness": b, "gamma": g}
 
-    def apply(self, x: Tensor, params: Params) -> Tensor:
+    def gain(self, params: Params) -> Tensor | None:
+        return params["brightness"] if self.gamma == 0 else None
+
+    def apply(self, x: Tensor, params: Params, out: Tensor | None = None) -> Tensor:
         b = _per_sample(params["brightness"], x)
         if self.gamma == 0:
-            return (x * b).clamp_(0.0, 1.0)
-        return x.pow(_per_sample(params["gamma"], x)).mul_(b).clamp_(0.0, 1.0)
+            return torch.mul(x, b, out=out).clamp_(0.0, 1.0)
+        return torch.pow(x, _per_sample(params["gamma"], x), out=out).mul_(b).clamp_(0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -95,10 +102,10 @@ class Contrast(Op):
     def sample(self, shape: Shape, generator: torch.Generator | None = None, device: Device = "cpu") -> Params:
         return {"contrast": _factor(self.amount, shape, self.p, generator, device)}
 
-    def apply(self, x: Tensor, params: Params) -> Tensor:
+    def apply(self, x: Tensor, params: Params, out: Tensor | None = None) -> Tensor:
         grey = luma(x) if x.shape[1] == 3 else x
         mean = grey.float().mean(dim=(1, 2, 3), keepdim=True).to(x.dtype)  # (N, 1, 1, 1)
-        return torch.lerp(mean, x, _per_sample(params["contrast"], x)).clamp_(0.0, 1.0)
+        return torch.lerp(mean.expand_as(x), x, _per_sample(params["contrast"], x), out=out).clamp_(0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -126,10 +133,10 @@ class Saturation(Op):
     def sample(self, shape: Shape, generator: torch.Generator | None = None, device: Device = "cpu") -> Params:
         return {"saturation": _factor(self.amount, shape, self.p, generator, device)}
 
-    def apply(self, x: Tensor, params: Params) -> Tensor:
+    def apply(self, x: Tensor, params: Params, out: Tensor | None = None) -> Tensor:
         if x.shape[1] == 1:
-            return x.clone()
-        return torch.lerp(luma(x), x, _per_sample(params["saturation"], x)).clamp_(0.0, 1.0)
+            return x.clone() if out is None else out.copy_(x)
+        return torch.lerp(luma(x).expand_as(x), x, _per_sample(params["saturation"], x), out=out).clamp_(0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -170,11 +177,13 @@ class Erase(Op):
         left = _randint(u[3], w - ew)
         return {"top": top, "left": left, "height": eh, "width": ew}  # pixels
 
-    def apply(self, x: Tensor, params: Params) -> Tensor:
+    def apply(self, x: Tensor, params: Params, out: Tensor | None = None) -> Tensor:
         _, _, h, w = x.shape
         i = torch.arange(h, device=x.device).view(1, h, 1)
         j = torch.arange(w, device=x.device).view(1, 1, w)
         top, left = params["top"].view(-1, 1, 1), params["left"].view(-1, 1, 1)
         inside = ((i >= top) & (i < top + params["height"].view(-1, 1, 1))
                   & (j >= left) & (j < left + params["width"].view(-1, 1, 1)))  # (N, H, W)
-        return x.masked_fill(inside.unsqueeze(1), self.value)
+        if out is None:
+            return x.masked_fill(inside.unsqueeze(1), self.value)
+        return out.copy_(x).masked_fill_(inside.unsqueeze(1), self.value)

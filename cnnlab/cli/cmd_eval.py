@@ -16,6 +16,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=("test", "train", "val"), help="which split (default test)")
     p.add_argument("--weights", default="best", choices=("best", "last"), help="which weights (default best)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--tta", choices=("none", "flip"), help="test-time augmentation (default: as the run was trained)")
     p.set_defaults(func=run)
     return p
 
@@ -24,6 +25,6 @@ def run(args: argparse.Namespace) -> int:
     from cnnlab.train.evaluate import evaluate  # noqa: PLC0415
 
     result = evaluate(args.run, args.data, which=args.weights, split=args.split, data_dir=args.data_dir,
-                      device=args.device)
+                      device=args.device, tta=args.tta)
     print(result.table())
     return 0

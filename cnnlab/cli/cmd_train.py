@@ -59,6 +59,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     h.add_argument("--dropout", type=float, help="dropout probability, for models that have dropout")
     h.add_argument("--augment", help='augmentation pipeline, e.g. "flip,crop:4" (`cnnlab augment --help`)')
     h.add_argument("--seed", type=int)
+    h.add_argument("--tta", help="test-time augmentation in evaluation: none (default) or flip (image + mirror)")
     s = p.add_argument_group("speed and output")
     s.add_argument("--precision", help="auto (default: bf16 where supported), fp32, bf16, fp16")
     s.add_argument("--device", help="auto (default), cpu or cuda")
@@ -80,7 +81,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 OPTION_NAMES = ("model", "data", "data_dir", "image_size", "val_fraction", "epochs", "batch_size", "eval_batch_size",
                 "optimizer", "lr", "momentum", "weight_decay", "schedule", "warmup", "label_smoothing", "grad_clip",
                 "dropout", "augment", "seed", "precision", "device", "channels_last", "compile", "out",
-                "checkpoint_every", "keep_checkpoints", "monitor_gradients")
+                "checkpoint_every", "keep_checkpoints", "monitor_gradients", "tta")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -24,6 +24,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, as the `tomli` pack
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("onecycle", "cosine", "step", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+TTA_MODES = ("none", "flip")  # test-time augmentation (cnnlab.train.evaluate)
 DEVICES = ("auto", "cpu", "cuda")
 
 # Learning rates that work out of the box: Adam-family steps are normalised per parameter, SGD's are not.
@@ -44,6 +45,7 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 128  # global: split across processes under DDP
     eval_batch_size: int = 1024  # evaluation needs no gradients, so large batches cost little memory
+    tta: str = "none"  # test-time augmentation in evaluation: "flip" averages each image with its mirror
     optimizer: str = "adamw"
     lr: float | None = None  # peak learning rate; None: DEFAULT_LR[optimizer]
     momentum: float = 0.9  # SGD momentum, or Adam's beta1
@@ -74,6 +76,7 @@ class TrainConfig:
         c.schedule = _choice("schedule", c.schedule, SCHEDULES)
         c.precision = _choice("precision", c.precision, PRECISIONS)
         c.device = _choice("device", c.device, DEVICES)
+        c.tta = _choice("tta", c.tta, TTA_MODES)
         if c.lr is None:
             c.lr = DEFAULT_LR[c.optimizer]
         if c.weight_decay is None:

@@ -451,8 +451,10 @@ class Trainer:
         record, test = None, None
         if self.dist.is_main:  # other ranks wait: evaluating on every rank would only compete for cores
             ds, k = self.dataset, len(self.classes)
-            test = evaluate_split(self.model, ds.test, self.prep, self.precision, k, self.classes, cfg.eval_batch_size)
-            val = (evaluate_split(self.model, ds.val, self.prep, self.precision, k, self.classes, cfg.eval_batch_size)
+            test = evaluate_split(self.model, ds.test, self.prep, self.precision, k, self.classes, cfg.eval_batch_size,
+                                  cfg.tta)
+            val = (evaluate_split(self.model, ds.val, self.prep, self.precision, k, self.classes, cfg.eval_batch_size,
+                                  cfg.tta)
                    if self.held_name == "val" else None)
             n = float(totals[2])
             record = {
