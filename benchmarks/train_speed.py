@@ -1,7 +1,7 @@
 """Training speed, side by side in one run: cnnlab vs a plain PyTorch loop (vs Keras 3 when installed).
 
     python benchmarks/train_speed.py                  # both tables (several minutes on 2 cores)
-    python benchmarks/train_speed.py --skip-tta       # throughput only (tta: time to accuracy)
+    python benchmarks/train_speed.py --throughput-only
     python benchmarks/train_speed.py --time-to-accuracy-only --recipes fashion-mnist-94 --plain-epochs 0
     python benchmarks/train_speed.py --quick          # 1 epoch each, short time-to-accuracy budget
 
@@ -159,7 +159,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2, help="epochs per contestant for throughput (default 2)")
     ap.add_argument("--plain-epochs", type=int, default=15,
                     help="epochs of the plain loop for time-to-accuracy (0: leave it out)")
-    ap.add_argument("--skip-tta", action="store_true", help="throughput only")
+    ap.add_argument("--throughput-only", action="store_true", help="skip the time-to-accuracy table")
     ap.add_argument("--time-to-accuracy-only", action="store_true", help="skip the throughput table")
     ap.add_argument("--recipes", default="fashion-mnist,fashion-mnist-94",
                     help="comma-separated recipes for time to accuracy (default fashion-mnist,fashion-mnist-94)")
@@ -174,7 +174,7 @@ def main() -> None:
     print(f"machine: {machine()}")
     if not args.time_to_accuracy_only:
         throughput(args, stamp)
-    if not args.skip_tta:
+    if not args.throughput_only:
         time_to_accuracy(args, stamp)
 
 

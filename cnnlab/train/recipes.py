@@ -24,14 +24,17 @@ RECIPES: dict[str, dict[str, Any]] = {
         },
     },
     # The accuracy end of the trade-off: twice as wide, trained longer, with flips and 2-pixel shifts so
-    # the longer run does not over-fit.
+    # the longer run does not over-fit, and evaluated with flip TTA (clothes are mirror-symmetric).
+    # Measured (2 cores, seed 0): 10 epochs without TTA reach 94.08% after epoch 10; 9 epochs with TTA
+    # 94.16% after epoch 9 (93.86% without); 8 epochs with TTA 93.92%; label smoothing 0.2 did worse.
     "fashion-mnist-94": {
-        "about": "accurate: vgg_like(width 32, batch norm) + flip/2-pixel shift, AdamW one-cycle, 10 epochs",
+        "about": "accurate: vgg_like(width 32, batch norm) + flip/2-pixel shift, AdamW one-cycle, 9 epochs, flip TTA",
         "options": {
             "model": "vgg_like", "data": "fashion-mnist",
             "extra": {"n": 2, "m": 3, "width": 32, "batch_norm": True},
-            "epochs": 10, "batch_size": 256, "optimizer": "adamw", "lr": 0.01, "weight_decay": 0.05,
+            "epochs": 9, "batch_size": 256, "optimizer": "adamw", "lr": 0.01, "weight_decay": 0.05,
             "schedule": "onecycle", "warmup": 2.0, "label_smoothing": 0.1, "augment": "flip,crop:2:mode=zero",
+            "tta": "flip",
         },
     },
     # The lecture's CNN as the course trains it, for comparison with the plain PyTorch loop.
