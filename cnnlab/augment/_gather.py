@@ -142,7 +142,7 @@ class Gather(_Gain):
         if x.dtype == torch.uint8:
             y = torch.div(self.cols.take_cols(rows, sl), 255, out=_writable(out, torch.float32))
         else:
-            y = self.cols.take_cols(rows, sl, _writable(out, x.dtype) if rows is not x else None)
+            y = self.cols.take_cols(rows, sl, _writable(out, x.dtype))
             if y is x:
                 y = x.clone() if out is None else out.copy_(x)
         y = _weigh(y, self.rows.keep, self.cols.keep, sl, gain=self.gain)

@@ -50,11 +50,12 @@ class Pipeline:
     How it runs (the result does not depend on it, up to float rounding): all parameters are drawn
     first, for the whole batch; runs of index-map ops (flips, crops, translations, nearest scaling) are
     composed into one gather, which a following bilinear zoom or resized crop absorbs, and an exposure
-    right after either is folded into its last pass; uint8 input is gathered as uint8; on CPU the batch is processed in
-    chunks of about `chunk_bytes` so that intermediate results stay in cache instead of costing a trip
-    to memory (and page faults) per op: about 2x faster at 3x224x224 (measured on one core). The first
-    CPU call also raises glibc malloc's thresholds (`cnnlab.runtime.tune_allocator`) so that the chunks'
-    buffers are reused instead of page-faulted in afresh: another 1.4-1.6x at 3x224x224."""
+    right after either is folded into its last pass; uint8 input is gathered as uint8; the last op
+    writes into the returned batch; on CPU the batch is processed in chunks of about `chunk_bytes` so
+    that intermediate results stay in cache instead of costing a trip to memory (and page faults) per
+    op: about 2x faster at 3x224x224 (measured on one core). The first CPU call also raises glibc
+    malloc's thresholds (`cnnlab.runtime.tune_allocator`) so that the chunks' buffers are reused instead
+    of page-faulted in afresh: another 1.4-1.6x at 3x224x224. benchmarks/augment.py measures it all."""
 
     chunk_bytes: int = 2 << 20  # CPU chunk size, bytes of float32 input (3 images of 3x224x224, 668 of 1x28x28)
 
