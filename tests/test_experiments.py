@@ -61,6 +61,7 @@ def test_run_all_writes_results_and_lecture(toy, tmp_path):
     assert lecture.index("## First claim") < lecture.index("## Second claim")
     assert "](first/plot.png)" in lecture and "second/plot.png" not in lecture
     assert "**Verdict: not supported (quick).**" in lecture
+    assert "| not supported (quick) |" in lecture  # the summary table says so too
 
 
 def test_markdown_table_formats_and_missing_cells():

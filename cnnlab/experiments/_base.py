@@ -249,8 +249,8 @@ def lecture_markdown(results: Sequence[ExperimentResult], command: str) -> str:
         head += ["**These are quick-size numbers** (`--quick`): tiny data and few steps, to show the "
                  "commands work. Run without `--quick` for the measured tables.", ""]
     head += ["| claim | verdict | time |", "|---|---|---|"]
-    head += [f"| [{r.title}](#{_anchor(r.title)}) | {verdict_word(r.outcome.supported)} | {r.seconds:.0f} s |"
-             for r in results]
+    head += [f"| [{r.title}](#{_anchor(r.title)}) | {verdict_word(r.outcome.supported)}{' (quick)' if r.quick else ''} "
+             f"| {r.seconds:.0f} s |" for r in results]
     head.append("")
     body = [r.markdown(heading="##", plot_prefix=f"{r.name}/") for r in results]
     return "\n".join(head) + "\n" + "\n".join(body)
