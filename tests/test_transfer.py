@@ -275,6 +275,30 @@ def test_span_projection_gives_sklearns_full_solution():
     assert abs(ours - full.predict_proba(z_test)).max() < 2e-3
 
 
+def test_cross_validation_prepares_each_fold_with_its_own_training_part():
+    """Reference: scikit-learn's GridSearchCV over a StandardScaler + LogisticRegression pipeline, which
+    fits the scaler inside each fold. A deliberate outlier in one row would leak into every fold's
+    statistics if they were computed once on the whole training set."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from cnnlab.transfer.heads import C_GRID, cv_scores, fit_head
+
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(90, 12, generator=g, dtype=torch.float64).float(), torch.arange(90) % 3
+    x[y == 2, :3] += 0.8
+    x[0] *= 25.0  # the outlier
+    ref = GridSearchCV(make_pipeline(StandardScaler(), LogisticRegression(max_iter=200, tol=1e-3)),
+                       {"logisticregression__C": list(C_GRID)},
+                       cv=StratifiedKFold(3, shuffle=True, random_state=0)).fit(x.double().numpy(), y.numpy())
+    ours = cv_scores("logreg", x, y, C_GRID, folds=3, seed=0)
+    assert ours == pytest.approx(list(ref.cv_results_["mean_test_score"]), abs=1 / 90 + 1e-9)  # one image at most
+    head = fit_head("logreg", x, y, seed=0)
+    assert head.info["C"] == ref.best_params_["logisticregression__C"] and head.info["folds"] == 3
+
+
 @pytest.mark.parametrize("name", ["vgg_like", "resnet18"])
 def test_stage_param_groups_cover_every_parameter_once(name):
     from cnnlab.transfer.finetune import stage_param_groups

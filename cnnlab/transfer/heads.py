@@ -2,7 +2,9 @@
 
 All heads see standardised features (zero mean, unit variance per feature, statistics of the training
 set only). The scikit-learn heads choose their regularisation `C` by stratified k-fold cross-validation on
-the training set (k = min(3, smallest class count)); the test set is never looked at.
+the training set (k = min(3, smallest class count)); the test set is never looked at. Inside the
+cross-validation each fold is standardised (and projected, see `span_basis`) with statistics of its own
+training part, so the held-out part is scored as unseen data would be.
 """
 
 from __future__ import annotations
@@ -72,36 +74,62 @@ def _cv_folds(y: np.ndarray) -> int:
     return int(min(3, np.bincount(y).min()))
 
 
+def _prepare(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Statistics of features x (N, D): mean (1, D), std (1, D) and the span basis (D, r) or None."""
+    mean, std = _standardise(x)
+    return mean, std, span_basis((x - mean) / std)
+
+
+def _apply(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, basis: torch.Tensor | None) -> np.ndarray:
+    z = (x - mean) / std
+    return (z @ basis if basis is not None else z).numpy()
+
+
+def _linear_model(kind: str, c: float):
+    from sklearn.linear_model import LogisticRegression  # noqa: PLC0415
+    from sklearn.svm import LinearSVC  # noqa: PLC0415
+
+    if kind == "logreg":
+        return LogisticRegression(C=c, max_iter=200, tol=1e-3)
+    return LinearSVC(C=c, max_iter=3000, dual="auto")
+
+
+def cv_scores(kind: str, x: torch.Tensor, y: torch.Tensor, c_grid: tuple[float, ...], folds: int,
+              seed: int = 0) -> list[float]:
+    """Mean held-out accuracy of a `kind` ("logreg" or "svm") head for each C in `c_grid`, by stratified
+    k-fold cross-validation on (x (N, D), y (N,)); each fold prepared with its own training part only."""
+    from sklearn.model_selection import StratifiedKFold  # noqa: PLC0415
+
+    x, yn = x.float(), y.numpy()
+    totals = np.zeros(len(c_grid))
+    for fit_idx, held_idx in StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(yn)), yn):
+        stats = _prepare(x[fit_idx])
+        z_fit, z_held = _apply(x[fit_idx], *stats), _apply(x[held_idx], *stats)
+        for i, c in enumerate(c_grid):
+            totals[i] += _linear_model(kind, c).fit(z_fit, yn[fit_idx]).score(z_held, yn[held_idx])
+    return [float(v) for v in totals / folds]
+
+
 def fit_head(kind: str, x: torch.Tensor, y: torch.Tensor, *, num_classes: int | None = None, seed: int = 0,
              c_grid: tuple[float, ...] = C_GRID, epochs: int = 200, hidden: int = 256) -> FittedHead:
     """Fit a `kind` head on features x float (N, D), labels y int64 (N,)."""
     if kind not in HEADS:
         raise CnnlabError(f"unknown head '{kind}'; choose one of: {', '.join(HEADS)}")
     x = x.float()
-    mean, std = _standardise(x)
-    z = (x - mean) / std
     yn = y.numpy()
     if kind in ("logreg", "svm"):
-        basis = span_basis(z)
-        if basis is not None:
-            z = z @ basis  # (N, r): the same solution, see span_basis
-        from sklearn.linear_model import LogisticRegression  # noqa: PLC0415
-        from sklearn.model_selection import GridSearchCV, StratifiedKFold  # noqa: PLC0415
-        from sklearn.svm import LinearSVC  # noqa: PLC0415
-
-        base = (LogisticRegression(max_iter=200, tol=1e-3) if kind == "logreg"
-                else LinearSVC(max_iter=3000, dual="auto"))
         folds = _cv_folds(yn)
+        info: dict = {"folds": 0}
+        c = c_grid[len(c_grid) // 2]
         if folds >= 2 and len(c_grid) > 1:
-            search = GridSearchCV(base, {"C": list(c_grid)},
-                                  cv=StratifiedKFold(folds, shuffle=True, random_state=seed), n_jobs=1)
-            search.fit(z.numpy(), yn)
-            return FittedHead(kind, search.best_estimator_, mean, std,
-                              {"C": search.best_params_["C"], "cv_accuracy": float(search.best_score_), "folds": folds},
-                              basis)
-        base.set_params(C=c_grid[len(c_grid) // 2])
-        base.fit(z.numpy(), yn)
-        return FittedHead(kind, base, mean, std, {"C": base.C, "folds": 0}, basis)
+            scores = cv_scores(kind, x, y, c_grid, folds, seed)
+            best = int(np.argmax(scores))  # the first of equals: the strongest regularisation
+            c, info = c_grid[best], {"cv_accuracy": float(scores[best]), "folds": folds}
+        mean, std, basis = _prepare(x)  # (N, r) with basis: the same solution, see span_basis
+        model = _linear_model(kind, c).fit(_apply(x, mean, std, basis), yn)
+        return FittedHead(kind, model, mean, std, {"C": c, **info}, basis)
+    mean, std = _standardise(x)
+    z = (x - mean) / std
     # torch heads: full-batch AdamW on the standardised features (small data: a few hundred rows)
     n_classes = int(num_classes or int(y.max()) + 1)
     torch.manual_seed(seed)
@@ -121,14 +149,4 @@ def fit_head(kind: str, x: torch.Tensor, y: torch.Tensor, *, num_classes: int | 
 def cv_accuracy(x: torch.Tensor, y: torch.Tensor, *, seed: int = 0, c: float = 0.1) -> float:
     """Cross-validated accuracy of a logistic regression on standardised features (training set only):
     the similarity measure of `auto`."""
-    from sklearn.linear_model import LogisticRegression  # noqa: PLC0415
-    from sklearn.model_selection import StratifiedKFold, cross_val_score  # noqa: PLC0415
-
-    mean, std = _standardise(x.float())
-    z = (x.float() - mean) / std
-    basis = span_basis(z)
-    z = (z @ basis if basis is not None else z).numpy()
-    folds = max(2, _cv_folds(y.numpy()))
-    scores = cross_val_score(LogisticRegression(C=c, max_iter=200, tol=1e-3), z, y.numpy(),
-                             cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
-    return float(np.mean(scores))
+    return cv_scores("logreg", x, y, (c,), max(2, _cv_folds(y.numpy())), seed)[0]
