@@ -142,6 +142,38 @@ def test_imagenet_weights_through_torch_hub_from_local_server(tmp_path, http_dir
     assert not (tmp_path / "torch_home" / "hub" / "checkpoints" / bad.name).exists()
 
 
+@pytest.mark.slow
+def test_googlenet_imagenet_weights_get_torchvisions_input_transform(tmp_path, http_dir, monkeypatch):
+    """torchvision builds GoogLeNet with transform_input=True when it loads its ImageNet weights (they
+    were ported from a model trained on [-1, 1] inputs); the backbone must give the same outputs."""
+    import torchvision
+
+    served, base = http_dir
+    torch.manual_seed(0)
+    tv = torchvision.models.googlenet(weights=None, aux_logits=True, transform_input=True, init_weights=True)
+    for m in tv.modules():  # batch statistics as running statistics: activations of a realistic size
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None  # a cumulative average: after one batch, that batch's statistics
+    with torch.no_grad():
+        tv.train()(torch.randn(8, 3, 96, 96))
+    tv.eval()
+    raw = tmp_path / "raw.pth"
+    torch.save(tv.state_dict(), raw)
+    digest = hashlib.sha256(raw.read_bytes()).hexdigest()
+    (served / f"googlenet-{digest[:8]}.pth").write_bytes(raw.read_bytes())
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setenv("CNNLAB_IMAGENET_URL", f"{base}/googlenet-{digest[:8]}.pth")
+    bb = load_backbone("googlenet:imagenet")
+    x = torch.randn(2, 3, 96, 96)
+    from cnnlab.models import create_model
+
+    plain = create_model("googlenet").eval()  # the same weights without the input transform
+    plain.load_state_dict({k: v for k, v in tv.state_dict().items() if not k.startswith(("aux1.", "aux2."))})
+    with torch.no_grad():
+        assert torch.allclose(bb.model(x), tv(x), atol=1e-4)
+        assert not torch.allclose(plain(x), tv(x), atol=1e-2)  # so the check above can fail
+
+
 class _Payload:
     def __init__(self, marker: str):
         self.marker = marker

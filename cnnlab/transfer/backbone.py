@@ -178,6 +178,8 @@ def load_backbone(text: str) -> Backbone:
         source = "random"
     elif where == "imagenet":
         url = os.environ.get("CNNLAB_IMAGENET_URL") or imagenet_url(name)  # a mirror, for offline clusters
+        if name == "googlenet":  # torchvision's ported weights expect [-1, 1] inputs: it turns this on too
+            model = create_model(name, transform_input=True).eval()
         model = _load_into(model, fetch_imagenet_state(name, url), f"from {url}")
         source = f"imagenet (torchvision, {Path(url).name})"
         mean, std = IMAGENET_MEAN, IMAGENET_STD
