@@ -82,6 +82,21 @@ def test_predict_converts_any_image_like_the_training_data(run_dir, tmp_path):
     assert q.top[0][0] == top_class
 
 
+def test_predict_with_flip_tta_averages_image_and_mirror(run_dir, tmp_path):
+    ds = load_dataset("digits")
+    img = ds.test.images[5, 0]
+    path = tmp_path / "digit.png"
+    Image.fromarray(img.numpy(), mode="L").save(path)
+    plain, card = _reference_probs(run_dir, img.view(1, 1, 8, 8))
+    mirrored, _ = _reference_probs(run_dir, img.flip(1).view(1, 1, 8, 8))
+    ref = (plain + mirrored) / 2
+    (p,) = predict(run_dir, [path], top_k=10, tta="flip")
+    got = torch.tensor([dict(p.top)[c] for c in card.classes])
+    torch.testing.assert_close(got, ref[0], rtol=0, atol=1e-5)
+    (q,) = predict(run_dir, [path], top_k=10)  # the run was trained without tta: none by default
+    torch.testing.assert_close(torch.tensor([dict(q.top)[c] for c in card.classes]), plain[0], rtol=0, atol=1e-5)
+
+
 def test_predict_refuses_a_non_image(run_dir, tmp_path):
     bad = tmp_path / "notes.txt"
     bad.write_text("not an image")

@@ -15,6 +15,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("images", metavar="IMAGE", nargs="+", help="image files (PNG, JPEG, ...)")
     p.add_argument("--top-k", type=int, default=3, help="classes to show per image (default 3)")
     p.add_argument("--weights", default="best", choices=("best", "last"), help="which weights (default best)")
+    p.add_argument("--tta", choices=("none", "flip"), help="test-time augmentation (default: as the run was trained)")
     p.set_defaults(func=run)
     return p
 
@@ -22,6 +23,6 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from cnnlab.train.predict import predict  # noqa: PLC0415
 
-    for prediction in predict(args.run, args.images, top_k=args.top_k, which=args.weights):
+    for prediction in predict(args.run, args.images, top_k=args.top_k, which=args.weights, tta=args.tta):
         print(prediction)
     return 0

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from cnnlab.errors import CnnlabError
+from cnnlab.train.config import TTA_MODES
 from cnnlab.train.run import ModelCard, open_run
 
 
@@ -51,24 +52,35 @@ def load_image(path: str | Path, input_size: tuple[int, int, int]) -> torch.Tens
     return t.unsqueeze(0) if c == 1 else t.permute(2, 0, 1).contiguous()  # (C, H, W)
 
 
-def predict_tensor(model: torch.nn.Module, card: ModelCard, images: torch.Tensor) -> torch.Tensor:
-    """uint8 `(N, C, H, W)` -> class probabilities `(N, K)` (fp32, CPU)."""
+def predict_tensor(model: torch.nn.Module, card: ModelCard, images: torch.Tensor, tta: str = "none") -> torch.Tensor:
+    """uint8 `(N, C, H, W)` -> class probabilities `(N, K)` (fp32, CPU); with `tta="flip"` the mean of
+    the probabilities of each image and of its mirror image, as `cnnlab eval` computes them."""
+    if tta not in TTA_MODES:
+        raise CnnlabError(f"tta must be one of {', '.join(TTA_MODES)}, got '{tta}'")
     mean = torch.tensor(card.mean).view(1, -1, 1, 1)
     std = torch.tensor(card.std).view(1, -1, 1, 1)
     x = (images.float() / 255.0 - mean) / std
     with torch.inference_mode():
-        return torch.softmax(model(x).float(), dim=1)
+        probs = torch.softmax(model(x).float(), dim=1)
+        if tta == "flip":
+            probs = (probs + torch.softmax(model(x.flip(3)).float(), dim=1)) / 2
+        return probs
 
 
-def predict(run: str | Path, images: list[str | Path], *, top_k: int = 5, which: str = "best") -> list[Prediction]:
-    """Top-`top_k` classes with probabilities for each image file."""
+def predict(run: str | Path, images: list[str | Path], *, top_k: int = 5, which: str = "best",
+            tta: str | None = None) -> list[Prediction]:
+    """Top-`top_k` classes with probabilities for each image file. `tta`: "none" or "flip"; None: as the
+    run was evaluated during training."""
     if not images:
         raise CnnlabError("no images given; pass one or more image files")
     if not isinstance(top_k, int) or top_k < 1:
         raise CnnlabError(f"top-k must be a positive integer, got {top_k!r}")
-    model, card = open_run(run).load_model(which)
+    run_dir = open_run(run)
+    model, card = run_dir.load_model(which)
+    if tta is None:
+        tta = run_dir.read_config().get("config", {}).get("tta", "none")
     batch = torch.stack([load_image(p, card.input_size) for p in images])
-    probs = predict_tensor(model, card, batch)
+    probs = predict_tensor(model, card, batch, tta)
     k = min(top_k, card.num_classes)
     values, indices = probs.topk(k, dim=1)
     return [Prediction(str(path), [(card.classes[i], float(v)) for v, i in zip(vs.tolist(), ix.tolist(), strict=True)])
