@@ -69,6 +69,29 @@ def test_non_finite_warning_and_monitor_records():
     assert any("non-finite" in w for w in seen), seen
 
 
+def test_warnings_go_on_their_own_line_above_the_progress_bar():
+    import io
+
+    from cnnlab.train import TrainConfig, Trainer
+    from cnnlab.train.progress import ProgressBar
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    term = Terminal()
+    bar = ProgressBar(10, "epoch 1/1", stream=term, interval=3600)
+    bar.update(1, 64, lambda: (2.3, 0.1))
+    trainer = Trainer(TrainConfig(model="simple_cnn", data="digits", monitor_gradients=True))
+    (monitor,) = [cb for cb in trainer.callbacks if isinstance(cb, GradientMonitor)]
+    trainer.bar = bar
+    monitor._warn("vanishing gradients in layer 0")  # what the monitor calls while training
+    bar.update(2, 128, lambda: (2.2, 0.2))  # redrawn at once, although the interval has not passed
+    lines = term.getvalue().split("\n")
+    assert lines[0].endswith("\rgradient warning: vanishing gradients in layer 0")  # the bar's line cleared first
+    assert lines[1].startswith("\repoch 1/1") and " 2/10 " in lines[1]
+
+
 @pytest.mark.slow
 def test_train_monitor_gradients_writes_the_contract(tmp_path):
     out = tmp_path / "run"

@@ -123,12 +123,23 @@ class Trainer:
 
             if not any(isinstance(cb, GradientMonitor) for cb in self.callbacks):
                 self.callbacks.append(GradientMonitor())  # writes RUN/gradients.jsonl and gradients.png
+        for cb in self.callbacks:  # monitors with no handler of their own: around the progress bar
+            if getattr(cb, "on_warning", False) is None:
+                cb.on_warning = lambda msg: self.warn(f"gradient warning: {msg}")
+        self.bar: ProgressBar | None = None  # the current epoch's, while it trains
         self._stop_signal: int | None = None
 
     # ---- output -------------------------------------------------------------------------------
     def log(self, message: str) -> None:
         if self.verbose and self.dist.is_main:
             print(message, flush=True)
+
+    def warn(self, message: str) -> None:
+        """A warning on stderr, on its own line even while the progress bar is drawn."""
+        if self.bar is not None:
+            self.bar.message(message)
+        else:
+            print(message, file=sys.stderr, flush=True)
 
     # ---- setup --------------------------------------------------------------------------------
     def _setup(self) -> None:
@@ -353,8 +364,8 @@ class Trainer:
             correct += partial["correct"].to(device)
             count, seconds_before = int(partial["count"]), float(partial["seconds"])
         self.net.train()
-        bar = ProgressBar(self.steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}",
-                          enabled=self.verbose and not self.quiet and self.dist.is_main)
+        bar = self.bar = ProgressBar(self.steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}",
+                                     enabled=self.verbose and not self.quiet and self.dist.is_main)
         t0 = time.perf_counter()
         batches = self.dataset.train.batches(self.rank_batch, shuffle=True, seed=cfg.seed, epoch=epoch,
                                              drop_last=self.drop_last, device=device,
@@ -392,6 +403,7 @@ class Trainer:
                     f"`cnnlab train --resume {self.run.path}`", self._stop_signal or signal.SIGTERM)
             bar.update(step, count, lambda ls=loss_sum, k=correct, n=count: (float(ls) / max(n, 1), float(k) / max(n, 1)))
         bar.close()
+        self.bar = None
         if step == 0:
             raise CnnlabError("the training split yielded no batches; check the dataset")
         train_seconds = seconds_before + time.perf_counter() - t0

@@ -26,6 +26,7 @@ class ProgressBar:
         self.total, self.prefix, self.interval, self.width = max(1, total), prefix, interval, width
         self.start = time.perf_counter()
         self.last_draw = 0.0
+        self.drawn = False  # a bar is on the current line
         self.images = 0
 
     def update(self, step: int, images: int, stats_fn) -> None:
@@ -46,8 +47,19 @@ class ProgressBar:
             f"{rate:,.0f} img/s left {format_seconds(left)} "
         )
         self.stream.flush()
+        self.drawn = True
+
+    def message(self, text: str) -> None:
+        """Print `text` on a line of its own above the bar (which is redrawn at the next update), instead
+        of appending it to the bar's line."""
+        if self.drawn:
+            self.stream.write("\r" + " " * 110 + "\r")
+            self.drawn, self.last_draw = False, 0.0
+        self.stream.write(text + "\n")
+        self.stream.flush()
 
     def close(self) -> None:
         if self.enabled:
             self.stream.write("\r" + " " * 110 + "\r")
             self.stream.flush()
+        self.drawn = False
