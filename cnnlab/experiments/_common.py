@@ -27,6 +27,14 @@ def subset_dataset(ds, train_idx, test_idx):
                              (ds.test.images[test_idx], ds.test.labels[test_idx]))
 
 
+def monitored_subsets(full, size: dict[str, int], seed: int) -> tuple[Dataset, Dataset]:
+    """(ds, test): the same class-balanced `size["train"]` training images, with `size["monitor"]` test
+    images to watch during training (ds) and a separately drawn `size["test"]` for the final numbers."""
+    train_idx = stratified_indices(full.train.labels, size["train"], seed)
+    return (subset_dataset(full, train_idx, stratified_indices(full.test.labels, size["monitor"], seed + 1)),
+            subset_dataset(full, train_idx, stratified_indices(full.test.labels, size["test"], seed + 2)))
+
+
 def epoch_progress(ctx: ExperimentContext, label: str):
     """A training callback that advances the experiment's progress line once per epoch."""
     from cnnlab.train import Callback  # noqa: PLC0415

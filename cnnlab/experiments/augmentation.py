@@ -20,9 +20,8 @@ from cnnlab.experiments._base import ExperimentContext, Outcome, register_experi
 from cnnlab.experiments._common import (
     epoch_progress,
     final_accuracy,
+    monitored_subsets,
     plural,
-    stratified_indices,
-    subset_dataset,
 )
 
 # Images per class: trained on, monitored each epoch, tested once at the end (None: the whole test set).
@@ -61,9 +60,9 @@ def is_noop(pipeline: str, images) -> bool:
 
 
 def _plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
-    from cnnlab.train.plots import _figure, _save  # noqa: PLC0415
+    from cnnlab.train.plots import pyplot, save_figure  # noqa: PLC0415
 
-    plt = _figure()
+    plt = pyplot()
     trained = [r for r in rows if r["test"] is not None]
     labels = [r["augmentation"] for r in trained][::-1]  # top to bottom in table order
     test = [100 * r["test"] for r in trained][::-1]
@@ -80,8 +79,7 @@ def _plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     for ax in (ax_acc, ax_gap):
         ax.grid(alpha=0.3, axis="x")
     fig.suptitle(title, y=1.03)
-    _save(fig, path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 @register_experiment(
@@ -96,9 +94,7 @@ def run(ctx: ExperimentContext) -> Outcome:
 
     size = SIZES["quick" if ctx.quick else "default"]
     full = load_dataset(ctx.data, data_dir=ctx.data_dir)
-    train_idx = stratified_indices(full.train.labels, size["train"], ctx.seed)
-    ds = subset_dataset(full, train_idx, stratified_indices(full.test.labels, size["monitor"], ctx.seed + 1))
-    test = subset_dataset(full, train_idx, stratified_indices(full.test.labels, size["test"], ctx.seed + 2))
+    ds, test = monitored_subsets(full, size, ctx.seed)
     grey = ds.input_size[0] == 1
     saturation_noop = is_noop("saturation:0.3", ds.train.images[:256])
     variants = [(label, p) for label, p in VARIANTS if grey or p != GREY_ONLY]

@@ -131,9 +131,9 @@ def _costs(model: nn.Module, input_size: tuple[int, int, int]) -> dict[str, int]
 
 
 def _plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
-    from cnnlab.train.plots import _figure, _save  # noqa: PLC0415
+    from cnnlab.train.plots import pyplot, save_figure  # noqa: PLC0415
 
-    plt = _figure()
+    plt = pyplot()
     names = [r["block"] for r in rows]
     panels = [("block_params", "parameters of the block's convs", 1.0),
               ("block_macs", "MACs of the block per image (millions)", 1e-6),
@@ -148,8 +148,7 @@ def _plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
             ax.set_ylim(min(values) - 5, 100)
         ax.grid(alpha=0.3, axis="y")
     fig.suptitle(title, y=1.03)
-    _save(fig, path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 @register_experiment(

@@ -21,9 +21,8 @@ from cnnlab.experiments._base import ExperimentContext, Outcome, register_experi
 from cnnlab.experiments._common import (
     epoch_progress,
     final_accuracy,
+    monitored_subsets,
     plural,
-    stratified_indices,
-    subset_dataset,
 )
 
 # Images per class: trained on, monitored each epoch, tested once at the end (None: the whole test set).
@@ -89,9 +88,9 @@ def _model_text(classic: Classic, num_classes: int) -> str:
 
 
 def _plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
-    from cnnlab.train.plots import _figure, _save  # noqa: PLC0415
+    from cnnlab.train.plots import pyplot, save_figure  # noqa: PLC0415
 
-    plt = _figure()
+    plt = pyplot()
     fig, (ax_year, ax_cost) = plt.subplots(1, 2, figsize=(10, 3.8))
     acc = [100 * r["accuracy"] for r in rows]
     # chronological order at even spacing: 1998 -> 2012 would otherwise squeeze the last three together
@@ -107,8 +106,7 @@ def _plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     for ax in (ax_year, ax_cost):
         ax.grid(alpha=0.3)
     fig.suptitle(title, y=1.03)
-    _save(fig, path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 @register_experiment(
@@ -123,9 +121,7 @@ def run(ctx: ExperimentContext) -> Outcome:
 
     size = SIZES["quick" if ctx.quick else "default"]
     full = load_dataset(ctx.data, data_dir=ctx.data_dir, image_size=IMAGE_SIZE)
-    train_idx = stratified_indices(full.train.labels, size["train"], ctx.seed)
-    ds = subset_dataset(full, train_idx, stratified_indices(full.test.labels, size["monitor"], ctx.seed + 1))
-    test = subset_dataset(full, train_idx, stratified_indices(full.test.labels, size["test"], ctx.seed + 2))
+    ds, test = monitored_subsets(full, size, ctx.seed)
     k = len(ds.classes)
     costs = [measure_cost(c, ds.input_size, k) for c in CLASSICS]  # before training: bad input fails fast
     ctx.progress.total = len(CLASSICS) * size["epochs"]

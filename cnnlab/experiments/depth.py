@@ -47,9 +47,9 @@ def _last_conv_rf(spec: str, input_size: tuple[int, int, int], num_classes: int)
 
 
 def _plot(rows: list[dict], path: Path) -> None:
-    from cnnlab.train.plots import _figure, _save  # noqa: PLC0415
+    from cnnlab.train.plots import pyplot, save_figure  # noqa: PLC0415
 
-    plt = _figure()
+    plt = pyplot()
     fig, (ax_rf, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
     for pool, colour, label in ((False, "tab:blue", "no pooling"), (True, "tab:orange", "maxpool2 after each")):
         series = [r for r in rows if r["pool"] == pool]
@@ -64,8 +64,7 @@ def _plot(rows: list[dict], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         ax.set_xticks(sorted({r["depth"] for r in rows}))
-    _save(fig, path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 @register_experiment(

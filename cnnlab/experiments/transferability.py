@@ -114,9 +114,9 @@ def _train(model: nn.Module, data: Dataset, size: Size, seed: int, device: str) 
 
 
 def _plot(rows: list[dict], base_b: float, base_a: float, data_name: str, path: Path) -> None:
-    from cnnlab.train.plots import _figure, _save  # noqa: PLC0415
+    from cnnlab.train.plots import pyplot, save_figure  # noqa: PLC0415
 
-    plt = _figure()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     ns = [r["n"] for r in rows]
     # The paper's Figure 2 markers: selffer (B) as circles, transfer (A) as diamonds; '+' filled lighter.
@@ -133,8 +133,7 @@ def _plot(rows: list[dict], base_b: float, base_a: float, data_name: str, path: 
            title=f"Transferability between halves of {data_name} (baseA on A: {100 * base_a:.1f}%)")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left", fontsize=8, ncol=3)
-    _save(fig, path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 @register_experiment(

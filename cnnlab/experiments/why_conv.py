@@ -34,9 +34,9 @@ QUICK_SIZE = (50, 30, 1)
 # ---- helpers shared by the experiments of this family ---------------------------------------------
 # ---- the experiment -----------------------------------------------------------------------------
 def _plot(rows: list[dict], path: Path) -> None:
-    from cnnlab.train.plots import _figure, _save  # noqa: PLC0415
+    from cnnlab.train.plots import pyplot, save_figure  # noqa: PLC0415
 
-    plt = _figure()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.0, 4.0))
     colours = {"dense": "tab:gray", "local": "tab:orange", "conv": "tab:blue"}
     for r in rows:
@@ -48,8 +48,7 @@ def _plot(rows: list[dict], path: Path) -> None:
            title="Same depth, same training: dense vs locally connected vs conv")
     ax.grid(alpha=0.3, which="both")
     ax.margins(x=0.35, y=0.25)
-    _save(fig, path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 @register_experiment(

@@ -201,8 +201,7 @@ class GradientLab:
         for ax in (ax_g, ax_l):
             ax.grid(alpha=0.3, which="both")
             ax.legend(fontsize=7)
-        save(fig, Path(path))
-        plt.close(fig)
+        save(fig, path)
 
     def write(self, out: str | Path) -> Path:
         """Write OUT/gradients.json, OUT/table.md and OUT/plot.png (each atomically); returns OUT."""
@@ -246,9 +245,9 @@ def _smooth(values: Sequence[float], window: int) -> list[float]:
 
 
 def _pyplot():
-    from cnnlab.train.plots import _figure, _save  # noqa: PLC0415 - matplotlib is slow to import
+    from cnnlab.train.plots import pyplot, save_figure  # noqa: PLC0415 - matplotlib is slow to import
 
-    return _figure(), _save
+    return pyplot(), save_figure
 
 
 def model_options(name: str, *, init_scale: float = 1.0, batch_norm: bool = True, activation: str = "relu",
@@ -535,5 +534,4 @@ def plot_gradient_records(records: Sequence[dict[str, Any]], path: str | Path, t
     ax.set(xlabel="layer (depth order)", ylabel="‖dL/dW‖₂ (log scale)", title=title or "gradient norm by depth")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
-    save(fig, Path(path))
-    plt.close(fig)
+    save(fig, path)

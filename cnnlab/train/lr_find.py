@@ -7,7 +7,6 @@ The suggested rate is where the loss falls fastest per decade of learning rate, 
 
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,6 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab.errors import CnnlabError
-from cnnlab.train.checkpoint import atomic_write
 from cnnlab.train.config import TrainConfig
 from cnnlab.train.inputs import Preprocess, load_data, parse_augment
 from cnnlab.train.optim import build_optimizer, set_lr
@@ -113,12 +111,9 @@ def lr_find(model: str = "simple_cnn", data="fashion-mnist", *, start_lr: float 
 
 
 def _plot(r: LrFindResult, path: Path, title: str) -> Path:
-    import matplotlib  # noqa: PLC0415
+    from cnnlab.train.plots import pyplot, save_figure  # noqa: PLC0415 - matplotlib is slow to import
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = pyplot().subplots(figsize=(6, 4))
     ax.plot(r.lrs, r.losses)
     ax.set_xscale("log")
     ax.axvline(r.suggestion, color="tab:red", ls="--", label=f"suggested {r.suggestion:.1e}")
@@ -128,7 +123,4 @@ def _plot(r: LrFindResult, path: Path, title: str) -> Path:
     ax.set(xlabel="learning rate", ylabel="smoothed training loss", title=f"lr range test: {title}")
     ax.grid(alpha=0.3, which="both")
     ax.legend()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return atomic_write(path, buf.getvalue())
+    return save_figure(fig, path)

@@ -9,7 +9,8 @@ from typing import Any
 from cnnlab.train.checkpoint import atomic_write
 
 
-def _figure():
+def pyplot():
+    """matplotlib.pyplot on the headless Agg backend: the project's one matplotlib set-up."""
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")  # headless: never needs a display
@@ -18,15 +19,22 @@ def _figure():
     return plt
 
 
-def _save(fig, path: Path) -> None:
+def figure_png(fig) -> bytes:
+    """A matplotlib figure -> PNG bytes (110 dpi, tight); the figure is closed."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    atomic_write(path, buf.getvalue())
+    pyplot().close(fig)
+    return buf.getvalue()
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Write a figure as PNG to `path`, atomically, and close it."""
+    return atomic_write(path, figure_png(fig))
 
 
 def plot_curves(history: list[dict[str, Any]], path: str | Path, title: str = "") -> None:
     """Loss (left) and accuracy in % (right) per epoch, train and test (or val)."""
-    plt = _figure()
+    plt = pyplot()
     epochs = [h["epoch"] for h in history]
     held = "val" if history and history[0].get("val_accuracy") is not None else "test"
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -43,15 +51,14 @@ def plot_curves(history: list[dict[str, Any]], path: str | Path, title: str = ""
             ax.set_xticks(epochs)
     if title:
         fig.suptitle(title)
-    _save(fig, Path(path))
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_confusion(confusion, classes: list[str], path: str | Path, title: str = "") -> None:
     """Rows: true class, columns: predicted class; cells count images, colour is the row share."""
     import numpy as np  # noqa: PLC0415
 
-    plt = _figure()
+    plt = pyplot()
     cm = np.asarray(confusion, dtype=np.int64)
     share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
     k = len(classes)
@@ -66,5 +73,4 @@ def plot_confusion(confusion, classes: list[str], path: str | Path, title: str =
         ax.set_xticks(range(k), classes, rotation=60, ha="right", fontsize=8)
         ax.set_yticks(range(k), classes, fontsize=8)
     ax.set(xlabel="predicted", ylabel="true", title=title or "confusion matrix")
-    _save(fig, Path(path))
-    plt.close(fig)
+    save_figure(fig, path)

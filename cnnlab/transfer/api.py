@@ -280,18 +280,17 @@ def probe(backbone: str | Backbone, data: Any, *, train_per_class: int | None = 
     result = ProbeResult(str(backbone), ds.name, rows)
     if out is not None:
         from cnnlab.train.checkpoint import atomic_write_json, atomic_write_text  # noqa: PLC0415
-        from cnnlab.train.plots import _figure, _save  # noqa: PLC0415
+        from cnnlab.train.plots import pyplot, save_figure  # noqa: PLC0415
 
         result.path = Path(out)
         atomic_write_json(result.path / "probe.json", {"backbone": result.backbone, "data": ds.name, "rows": rows})
         atomic_write_text(result.path / "probe.md", result.table() + "\n")
-        plt = _figure()
+        plt = pyplot()
         fig, ax = plt.subplots(figsize=(6, 3.6))
         ax.plot([r["depth"] for r in rows], [100 * r["test_accuracy"] for r in rows], "o-")
         ax.set_xticks([r["depth"] for r in rows], [r["layer"] for r in rows], rotation=30, ha="right")
         ax.set_ylabel("linear-probe test accuracy (%)")
         ax.set_title(f"{bb.name} -> {ds.name}: which layers transfer")
         ax.grid(alpha=0.3)
-        _save(fig, result.path / "probe.png")
-        plt.close(fig)
+        save_figure(fig, result.path / "probe.png")
     return result

@@ -62,18 +62,16 @@ def kernel_grid(weight: torch.Tensor, tile: int = 48, gap: int = 4) -> np.ndarra
 
 
 def _plt():
-    from cnnlab.train.plots import _figure  # noqa: PLC0415 - the project's one headless matplotlib setup
+    from cnnlab.train.plots import pyplot  # noqa: PLC0415 - the project's one headless matplotlib setup
 
-    return _figure()
+    return pyplot()
 
 
 def figure_png(fig) -> bytes:
     """A matplotlib figure -> PNG bytes; the figure is closed."""
-    plt = _plt()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
+    from cnnlab.train.plots import figure_png as png  # noqa: PLC0415 - matplotlib is slow to import
+
+    return png(fig)
 
 
 def _show_image(ax, image: torch.Tensor) -> None:
