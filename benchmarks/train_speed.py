@@ -147,11 +147,12 @@ def best_rate(records: list[dict]) -> float:
 
 
 def first_reach(records: list[dict], threshold: float) -> str:
-    for r in records:
+    measured = [r for r in records if r["test_accuracy"] is not None]  # --eval-every skips some epochs
+    for r in measured:
         if r["test_accuracy"] >= threshold:
             return f"{r['wall']:.1f} s (epoch {r['epoch']})"
     last = records[-1]
-    return f"not in {last['epoch']} epochs ({last['wall']:.0f} s; best {100 * max(x['test_accuracy'] for x in records):.2f}%)"
+    return f"not in {last['epoch']} epochs ({last['wall']:.0f} s; best {100 * max(x['test_accuracy'] for x in measured):.2f}%)"
 
 
 def main() -> None:

@@ -114,6 +114,28 @@ def test_batch_norm_option_and_activation_tokens():
     assert isinstance(model.classifier[-1], nn.Linear)
 
 
+def test_pool_option_pools_between_conv_and_its_activation():
+    """Without batch norm `conv/pool2` computes what `conv maxpool2` does (max commutes with a rising
+    activation: independent truth, checked with the same weights); with /bn the order is conv, pool, bn, act."""
+    torch.manual_seed(0)
+    for act in ("relu", "tanh", "sigmoid"):
+        fused, plain = build_spec(f"{act} conv3x3-8/pool2 fc10"), build_spec(f"{act} conv3x3-8 maxpool2 fc10")
+        assert _shapes(fused) == _shapes(plain)
+        fused.load_state_dict(plain.state_dict())
+        x = torch.randn(4, 1, 28, 28)
+        torch.testing.assert_close(fused(x), plain(x))
+    model = build_spec("(conv3x3-8/bn conv3x3-8/bn/pool2)*2/double fc10")
+    assert model.spec == "(conv3x3-8/bn conv3x3-8/pool2/bn)*2/double fc10"
+    kinds = [type(m).__name__ for m in model.features]
+    assert kinds[:7] == ["Conv2d", "BatchNorm2d", "ReLU", "Conv2d", "MaxPool2d", "BatchNorm2d", "ReLU"]
+    assert model.features[5].num_features == 8
+    assert [(f["name"], f["stride"]) for f in model.feature_info] == [("features.6", 2), ("features.13", 4)]
+    assert model.eval()(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    assert model.forward_features(torch.randn(2, 1, 28, 28)).shape == (2, 16, 7, 7)
+    odd = build_spec("conv3x3-4/pool3 fc10", input_size=(1, 7, 7))  # sizes round down, as maxpool3's
+    assert odd.forward_features(torch.randn(1, 1, 7, 7)).shape[2:] == (2, 2)
+
+
 def test_gap_bn_on_vectors_and_local_layers():
     model = build_spec("local3x3-8 gap bn fc10", input_size=(1, 10, 10))
     assert isinstance(model.features[0], LocallyConnected2d)
@@ -179,6 +201,7 @@ def test_nested_groups():
         ("relu tanh conv5x5-6/p0 avgpool2 fc10", "tanh conv5x5-6/valid avgpool2 fc10"),
         ("tanh conv3x3-8 tanh relu fc16 fc10", "tanh conv3x3-8 relu fc16 fc10"),
         ("conv3x3-8/bn/s2 dropout.5 fc10", "conv3x3-8/s2/bn dropout0.5 fc10"),
+        ("conv3x3-8/bn/pool2 conv3x3-8/POOL3/s2", "conv3x3-8/pool2/bn conv3x3-8/s2/pool3"),
         ("conv3x3-8/s2/p1 conv4x4-8/s2/p1 conv2x2-8/p0 conv2x2-8/p1", "conv3x3-8/s2 conv4x4-8/s2 conv2x2-8/valid conv2x2-8/p1"),
     ],
 )
@@ -204,7 +227,7 @@ def _specs(draw):
             parts.append(f"({' '.join(toks)})*{draw(st.integers(1, 2))}{draw(st.sampled_from(['', '/double']))}")
         else:
             parts.extend(toks)
-    parts.insert(draw(st.integers(0, len(parts))), draw(st.sampled_from(["maxpool2", "conv3x3-2/s2", "bn"])))
+    parts.insert(draw(st.integers(0, len(parts))), draw(st.sampled_from(["maxpool2", "conv3x3-2/s2", "conv3x3-2/bn/pool2", "bn"])))
     parts.append(draw(st.sampled_from(["fc3", "gap fc3", "fc5 fc3", "gap", ""])))
     return "conv3x3-4 " + " ".join(parts)
 
@@ -253,6 +276,9 @@ def test_round_trip_property(text):
         ("gap conv3x3-8 fc10", "layer 'conv3x3-8' at token 2 of the spec comes after 'gap' at token 1"),
         ("local2x2-4 fc10", "even kernel"),
         ("maxpool3/p2", "padding larger than half the pool size"),
+        ("conv3x3-8/pool1 fc10", "the pool size must be at least 2 in 'conv3x3-8/pool1' at token 1"),
+        ("conv3x3-8/pool fc10", "unknown option '/pool' in 'conv3x3-8/pool'"),
+        ("conv3x3-8/pool32 fc10", "'conv3x3-8/pool32' at token 1 of the spec max-pools its 28x28 output below 1x1"),
         ("", "a spec must be a non-empty string"),
     ],
 )

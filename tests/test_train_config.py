@@ -10,9 +10,11 @@ import torch
 from conftest import run_cli
 
 from cnnlab.errors import CnnlabError
+from cnnlab.models import resolve_model
 from cnnlab.train import TrainConfig, resolve_config
 from cnnlab.train.optim import build_optimizer, build_schedule
 from cnnlab.train.precision import cpu_supports_bf16, resolve_precision
+from cnnlab.train.recipes import RECIPES
 
 
 @pytest.mark.parametrize(
@@ -42,6 +44,13 @@ def test_defaults_resolve_per_optimizer():
     c = TrainConfig(schedule="onecycle", epochs=10).resolved()
     assert c.warmup == pytest.approx(3.0)
     assert TrainConfig(schedule="cosine").resolved().warmup == 0.0
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_every_recipe_resolves_and_builds_its_model(name):
+    cfg = resolve_config({}, recipe=name).resolved()
+    model, size = resolve_model(cfg.model, (1, 28, 28), 10, cfg.extra)
+    assert size == (1, 28, 28) and model.eval()(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
 
 
 def test_layers_recipe_then_file_then_flags(tmp_path):

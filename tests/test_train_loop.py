@@ -98,6 +98,50 @@ def test_flip_tta_averages_the_probabilities_of_image_and_mirror():
     assert abs(r.loss - plain.loss) > 0.01 and not torch.equal(r.confusion, plain.confusion)
 
 
+@pytest.mark.parametrize("mode, views", [("shift", 5), ("flip-shift", 10)])
+def test_shift_tta_averages_the_probabilities_of_the_shifted_views(mode, views):
+    """Reference: each view built by hand (zero-pad the uint8 pixels by one, cut the 8x8 window one pixel
+    off centre; flipped views from the mirrored image), softmaxes averaged."""
+    import torch.nn.functional as F
+    from torch import nn
+
+    from cnnlab.train.evaluate import evaluate_split
+    from cnnlab.train.inputs import Preprocess
+    from cnnlab.train.precision import resolve_precision
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    ds = load_dataset("digits")
+    raw = ds.test.images.float()
+    bases = [raw, raw.flip(3)] if mode == "flip-shift" else [raw]
+    padded = [F.pad(b, (1, 1, 1, 1)) for b in bases]  # zero = black, as crop:N:mode=zero fills
+    windows = [(1, 1), (0, 1), (2, 1), (1, 0), (1, 2)]  # (top, left) of the 8x8 cut: centre, then 4 shifts
+    inputs = [p[:, :, top:top + 8, left:left + 8] for p in padded for top, left in windows]
+    assert len(inputs) == views
+    with torch.no_grad():
+        probs = torch.stack([model((v / 255 - ds.mean[0]) / ds.std[0]).softmax(1) for v in inputs]).mean(0)
+    prec = resolve_precision("fp32", "cpu", channels_last=False)
+    prep = Preprocess(ds.mean, ds.std, prec.device, channels_last=False)
+    r = evaluate_split(model, ds.test, prep, prec, 10, tta=mode)
+    assert torch.equal(r.confusion.sum(0), torch.bincount(probs.argmax(1), minlength=10))
+    assert r.loss == pytest.approx(float(F.nll_loss(probs.log(), ds.test.labels)), rel=1e-5)
+
+
+def test_eval_every_skips_epochs_but_always_evaluates_the_last(tmp_path, capsys):
+    out = tmp_path / "run"
+    result = train(**OPTS, epochs=3, eval_every=2, out=str(out))
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["test_accuracy"] is None for r in lines] == [True, False, False]
+    assert lines[0]["test_loss"] is None and isinstance(lines[0]["train_loss"], float)
+    assert "(evaluated every 2 epochs)" in capsys.readouterr().out
+    # best is chosen among the evaluated epochs only, and the curves are drawn from them
+    assert result.best_epoch in (2, 3)
+    assert result.best_accuracy == max(lines[1]["test_accuracy"], lines[2]["test_accuracy"])
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    html = run_cli("report", str(out), "--out", str(tmp_path / "r.html"), check=True)
+    assert html.returncode == 0 and (tmp_path / "r.html").stat().st_size > 0
+
+
 def test_eval_takes_tta_from_the_run_unless_told(reference_run):
     from cnnlab.train.evaluate import evaluate
 

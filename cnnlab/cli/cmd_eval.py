@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from cnnlab.train.config import TTA_MODES
+
 ORDER = 41
 
 
@@ -16,7 +18,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=("test", "train", "val"), help="which split (default test)")
     p.add_argument("--weights", default="best", choices=("best", "last"), help="which weights (default best)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--tta", choices=("none", "flip"), help="test-time augmentation (default: as the run was trained)")
+    p.add_argument("--tta", choices=TTA_MODES,
+                   help="test-time augmentation: none, flip, shift or flip-shift (default: as the run was trained)")
     p.set_defaults(func=run)
     return p
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from cnnlab.train.config import TTA_MODES
+
 ORDER = 42
 
 
@@ -15,7 +17,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("images", metavar="IMAGE", nargs="+", help="image files (PNG, JPEG, ...)")
     p.add_argument("--top-k", type=int, default=3, help="classes to show per image (default 3)")
     p.add_argument("--weights", default="best", choices=("best", "last"), help="which weights (default best)")
-    p.add_argument("--tta", choices=("none", "flip"), help="test-time augmentation (default: as the run was trained)")
+    p.add_argument("--tta", choices=TTA_MODES,
+                   help="test-time augmentation: none, flip, shift or flip-shift (default: as the run was trained)")
     p.set_defaults(func=run)
     return p
 

@@ -48,6 +48,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     h.add_argument("--epochs", type=int)
     h.add_argument("--batch-size", type=int, help="global batch (split across processes); default 128")
     h.add_argument("--eval-batch-size", type=int)
+    h.add_argument("--eval-every", type=int, help="evaluate every N epochs and after the last (default 1: every epoch)")
     h.add_argument("--optimizer", help="sgd, adam or adamw (default)")
     h.add_argument("--lr", type=float, help="peak learning rate (default: 1e-3 adam/adamw, 0.05 sgd)")
     h.add_argument("--momentum", type=float, help="SGD momentum or Adam beta1 (default 0.9)")
@@ -59,7 +60,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     h.add_argument("--dropout", type=float, help="dropout probability, for models that have dropout")
     h.add_argument("--augment", help='augmentation pipeline, e.g. "flip,crop:4" (`cnnlab augment --help`)')
     h.add_argument("--seed", type=int)
-    h.add_argument("--tta", help="test-time augmentation in evaluation: none (default) or flip (image + mirror)")
+    h.add_argument("--tta", help="test-time augmentation in evaluation: none (default), flip (image + mirror), "
+                   "shift (+ 1-pixel shifts) or flip-shift (both, 10 views)")
     s = p.add_argument_group("speed and output")
     s.add_argument("--precision", help="auto (default: bf16 where supported), fp32, bf16, fp16")
     s.add_argument("--device", help="auto (default), cpu or cuda")
@@ -78,7 +80,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
-OPTION_NAMES = ("model", "data", "data_dir", "image_size", "val_fraction", "epochs", "batch_size", "eval_batch_size",
+OPTION_NAMES = ("model", "data", "data_dir", "image_size", "val_fraction", "epochs", "batch_size", "eval_batch_size", "eval_every",
                 "optimizer", "lr", "momentum", "weight_decay", "schedule", "warmup", "label_smoothing", "grad_clip",
                 "dropout", "augment", "seed", "precision", "device", "channels_last", "compile", "out",
                 "checkpoint_every", "keep_checkpoints", "monitor_gradients", "tta")

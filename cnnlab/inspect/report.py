@@ -90,6 +90,10 @@ def _pct(v: float | None) -> str:
     return "–" if v is None else f"{100 * v:.2f}%"
 
 
+def _loss(v: float | None) -> str:
+    return "–" if v is None else f"{v:.4f}"
+
+
 def _si(n: float) -> str:
     """12_345_678 -> '12.3 M'."""
     for unit, size in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
@@ -229,9 +233,9 @@ def build_report(run: str | Path, out: str | Path | None = None, *, which: str =
             body += _img((Path(tmp) / "curves.png").read_bytes(), "learning curves")
         images += 1
     if history:
-        held = "val" if history[0].get("val_accuracy") is not None else "test"
-        rows = [[h.get("epoch"), f"{h.get('train_loss', float('nan')):.4f}", _pct(h.get("train_accuracy")),
-                 f"{h.get(f'{held}_loss', float('nan')):.4f}", _pct(h.get(f"{held}_accuracy")),
+        held = "val" if any(h.get("val_accuracy") is not None for h in history) else "test"
+        rows = [[h.get("epoch"), _loss(h.get("train_loss")), _pct(h.get("train_accuracy")),
+                 _loss(h.get(f"{held}_loss")), _pct(h.get(f"{held}_accuracy")),
                  f"{h.get('lr', 0):.3g}", f"{h.get('seconds', 0):.1f}", f"{h.get('images_per_second', 0):,.0f}"]
                 for h in history]
         body += _table(["epoch", "train loss", "train acc", f"{held} loss", f"{held} acc", "lr", "s", "img/s"],

@@ -9,6 +9,11 @@ Layers (numbers are integers unless said otherwise):
                        Options after '/', combinable in any order (conv3x3-64/s2/bn):
                          /s<stride>  /d<dilation>  /p<pad> or /valid (= /p0)
                          /bn  batch norm between the convolution and the activation (the conv then has no bias)
+                         /pool<k>  a k x k max-pool (stride k) right after the convolution, before its batch
+                               norm and activation: conv -> maxpool -> bn -> act, as airbench orders its
+                               layers. Without /bn it computes what 'conv maxpool<k>' does (max commutes with
+                               a rising activation), so it only saves work; with /bn the batch norm sees the
+                               pooled map, a slightly different layer that is ~10% faster to train on a CPU.
                        Padding by default: "same" for stride 1 (the output keeps H x W; even kernels are
                        padded one more on the bottom/right, as PyTorch's padding="same"); for stride s > 1
                        the same amount, d*(k-1)//2, so an odd kernel gives ceil(H/s) x ceil(W/s) (and
@@ -78,10 +83,10 @@ from cnnlab.models._base import ConvNet
 __all__ = ["SpecLayer", "SpecNet", "build_spec", "canonical_spec", "expand_spec", "parse_spec"]
 
 _LAYER_WORDS = ["conv", "local", "maxpool", "avgpool", "gap", "flatten", "bn", "dropout", "fc", "softmax"]
-_CONV_OPTIONS = {"s": True, "d": True, "p": True, "valid": False, "bn": False}
+_CONV_OPTIONS = {"s": True, "d": True, "p": True, "valid": False, "pool": True, "bn": False}
 _POOL_OPTIONS = {"s": True, "p": True}
 _FORMS = (
-    "conv<k>x<k>-<c>[/s<n>/d<n>/p<n>/valid/bn], local<k>x<k>-<c>, maxpool<k>[/s<n>/p<n>], avgpool<k>, gap, "
+    "conv<k>x<k>-<c>[/s<n>/d<n>/p<n>/valid/pool<k>/bn], local<k>x<k>-<c>, maxpool<k>[/s<n>/p<n>], avgpool<k>, gap, "
     "flatten, bn, dropout<p>, fc<n>, softmax, " + "/".join(ACTIVATIONS) + ", tok*n, ( ... )*m[/double]"
 )
 
@@ -102,6 +107,7 @@ class SpecLayer:
     padding: int | None = None  # None: the default (see the module docstring)
     dilation: int = 1
     bn: bool = False  # conv/local followed by batch norm
+    pool: int = 0  # conv/local: k of a k x k max-pool between the convolution and its bn/activation (0: none)
     p: float = 0.0  # dropout probability
     name: str = ""  # activation name of an "act" token
 
@@ -115,6 +121,7 @@ class SpecLayer:
             s += f"/d{self.dilation}" if self.dilation != 1 else ""
             if self.padding is not None:
                 s += "/valid" if self.padding == 0 else f"/p{self.padding}"
+            s += f"/pool{self.pool}" if self.pool else ""
             return s + ("/bn" if self.bn else "")
         if self.kind in ("maxpool", "avgpool"):
             s = self.kind + (f"{k[0]}" if k[0] == k[1] else f"{k[0]}x{k[1]}")
@@ -236,6 +243,8 @@ def _apply_options(layer: SpecLayer, opts: list[str], word: str, pos: int, allow
             changes["padding"] = _int(num, "the padding", word, pos, minimum=0)
         elif name == "valid":
             changes["padding"] = 0
+        elif name == "pool":
+            changes["pool"] = _int(num, "the pool size", word, pos, minimum=2)
         else:
             changes["bn"] = True
     layer = dataclasses.replace(layer, **changes)
@@ -575,11 +584,17 @@ def _plan(layers: list[SpecLayer], input_size: tuple[int, int, int], final: int 
             else:
                 step["modules"].append(partial(LocallyConnected2d, cin, layer.channels, layer.kernel, hw,
                                                layer.stride, pad, d, bias=not layer.bn))
+            if layer.pool:
+                if min(out) < layer.pool:
+                    raise _fail("layer", layer.text, layer.position, f" max-pools its {out[0]}x{out[1]} output "
+                                f"below 1x1; use a smaller /pool, drop it or use a larger input")
+                out = tuple(n // layer.pool for n in out)
+                step["modules"].append(partial(nn.MaxPool2d, layer.pool, layer.pool))
             if layer.bn:
                 step["modules"].append(partial(nn.BatchNorm2d, layer.channels))
             step["modules"] += activation()
-            shape, stride = (layer.channels, *out), stride * layer.stride
-            step["stage"] = layer.stride > 1
+            shape, stride = (layer.channels, *out), stride * layer.stride * (layer.pool or 1)
+            step["stage"] = layer.stride > 1 or layer.pool > 1
         elif kind in ("maxpool", "avgpool"):
             s = layer.kernel if layer.stride == 0 else (layer.stride,) * 2
             if 2 * layer.padding > min(layer.kernel):

@@ -24,7 +24,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, as the `tomli` pack
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("onecycle", "cosine", "step", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-TTA_MODES = ("none", "flip")  # test-time augmentation (cnnlab.train.evaluate)
+TTA_MODES = ("none", "flip", "shift", "flip-shift")  # test-time augmentation (cnnlab.train.tta)
 DEVICES = ("auto", "cpu", "cuda")
 
 # Learning rates that work out of the box: Adam-family steps are normalised per parameter, SGD's are not.
@@ -44,8 +44,9 @@ class TrainConfig:
     val_fraction: float = 0.0  # > 0: hold out this share of train to pick the best epoch on, not test
     epochs: int = 10
     batch_size: int = 128  # global: split across processes under DDP
-    eval_batch_size: int = 1024  # evaluation needs no gradients, so large batches cost little memory
-    tta: str = "none"  # test-time augmentation in evaluation: "flip" averages each image with its mirror
+    eval_batch_size: int = 256  # measured on 2 CPU cores: 1.6-3x the images/s of 1024 (activations stay in cache)
+    tta: str = "none"  # test-time augmentation in evaluation (cnnlab.train.tta): none, flip, shift, flip-shift
+    eval_every: int = 1  # evaluate every this many epochs and after the last (Keras' validation_freq)
     optimizer: str = "adamw"
     lr: float | None = None  # peak learning rate; None: DEFAULT_LR[optimizer]
     momentum: float = 0.9  # SGD momentum, or Adam's beta1
@@ -86,6 +87,7 @@ class TrainConfig:
         _positive_int("epochs", c.epochs)
         _positive_int("batch-size", c.batch_size)
         _positive_int("eval-batch-size", c.eval_batch_size)
+        _positive_int("eval-every", c.eval_every)
         _positive_int("keep-checkpoints", c.keep_checkpoints)
         _number("lr", c.lr, low=0.0, low_open=True, hint="try 1e-3 for adam/adamw or 0.05 for sgd")
         _number("weight-decay", c.weight_decay, low=0.0)

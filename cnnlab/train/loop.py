@@ -460,21 +460,24 @@ class Trainer:
         totals = torch.stack([loss_sum.double().cpu(), correct.double().cpu(), torch.tensor(float(count), dtype=torch.float64)])
         distributed.all_reduce_sum(totals)
         t_eval = time.perf_counter()
-        record, test = None, None
+        record, test, val = None, None, None
+        # --eval-every: skipped epochs record None; the last epoch is always evaluated
+        evaluated = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
         if self.dist.is_main:  # other ranks wait: evaluating on every rank would only compete for cores
             ds, k = self.dataset, len(self.classes)
-            test = evaluate_split(self.model, ds.test, self.prep, self.precision, k, self.classes, cfg.eval_batch_size,
-                                  cfg.tta)
-            val = (evaluate_split(self.model, ds.val, self.prep, self.precision, k, self.classes, cfg.eval_batch_size,
-                                  cfg.tta)
-                   if self.held_name == "val" else None)
+            if evaluated:
+                test = evaluate_split(self.model, ds.test, self.prep, self.precision, k, self.classes,
+                                      cfg.eval_batch_size, cfg.tta)
+                if self.held_name == "val":
+                    val = evaluate_split(self.model, ds.val, self.prep, self.precision, k, self.classes,
+                                         cfg.eval_batch_size, cfg.tta)
             n = float(totals[2])
             record = {
                 "epoch": epoch + 1,
                 "train_loss": float(totals[0]) / n,
                 "train_accuracy": float(totals[1]) / n,
-                "test_loss": test.loss,
-                "test_accuracy": test.accuracy,
+                "test_loss": test.loss if test else None,
+                "test_accuracy": test.accuracy if test else None,
                 "val_loss": val.loss if val else None,
                 "val_accuracy": val.accuracy if val else None,
                 "lr": self.optimizer.param_groups[0]["lr"],
@@ -485,7 +488,7 @@ class Trainer:
         record = distributed.broadcast_object(record)
         self.history.append(record)
         held = record[f"{self.held_name}_accuracy"]
-        improved = held > self.best_accuracy
+        improved = held is not None and held > self.best_accuracy
         if improved:
             self.best_accuracy, self.best_epoch = held, epoch + 1
         if self.dist.is_main:
@@ -506,9 +509,11 @@ class Trainer:
 
     def _summary(self, r: dict[str, Any]) -> str:
         val = f"  val loss {r['val_loss']:.4f} acc {100 * r['val_accuracy']:5.2f}%" if r.get("val_accuracy") is not None else ""
+        test = (f"test loss {r['test_loss']:.4f} acc {100 * r['test_accuracy']:5.2f}%" if r["test_accuracy"] is not None
+                else f"(evaluated every {self.config.eval_every} epochs)")
         return (f"epoch {r['epoch']:>{len(str(self.config.epochs))}}/{self.config.epochs}  "
                 f"train loss {r['train_loss']:.4f} acc {100 * r['train_accuracy']:5.2f}%{val}  "
-                f"test loss {r['test_loss']:.4f} acc {100 * r['test_accuracy']:5.2f}%  lr {r['lr']:.2e}  "
+                f"{test}  lr {r['lr']:.2e}  "
                 f"{format_seconds(r['seconds'])} ({r['seconds']:.1f} s)  {r['images_per_second']:,.0f} img/s")
 
     def _plots(self, last_eval: EvalResult | None) -> None:

@@ -36,13 +36,15 @@ def plot_curves(history: list[dict[str, Any]], path: str | Path, title: str = ""
     """Loss (left) and accuracy in % (right) per epoch, train and test (or val)."""
     plt = pyplot()
     epochs = [h["epoch"] for h in history]
-    held = "val" if history and history[0].get("val_accuracy") is not None else "test"
+    held = "val" if any(h.get("val_accuracy") is not None for h in history) else "test"
+    # with --eval-every some epochs have no held-out figures: plot those that were measured
+    seen = [h for h in history if h.get(f"{held}_accuracy") is not None]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
     ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
-    ax_loss.plot(epochs, [h[f"{held}_loss"] for h in history], "s-", label=held)
+    ax_loss.plot([h["epoch"] for h in seen], [h[f"{held}_loss"] for h in seen], "s-", label=held)
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
     ax_acc.plot(epochs, [100 * h["train_accuracy"] for h in history], "o-", label="train")
-    ax_acc.plot(epochs, [100 * h[f"{held}_accuracy"] for h in history], "s-", label=held)
+    ax_acc.plot([h["epoch"] for h in seen], [100 * h[f"{held}_accuracy"] for h in seen], "s-", label=held)
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)

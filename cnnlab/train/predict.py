@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from cnnlab.errors import CnnlabError
-from cnnlab.train.config import TTA_MODES
 from cnnlab.train.run import ModelCard, open_run
+from cnnlab.train.tta import check_tta, tta_log_probs
 
 
 @dataclass
@@ -53,24 +53,19 @@ def load_image(path: str | Path, input_size: tuple[int, int, int]) -> torch.Tens
 
 
 def predict_tensor(model: torch.nn.Module, card: ModelCard, images: torch.Tensor, tta: str = "none") -> torch.Tensor:
-    """uint8 `(N, C, H, W)` -> class probabilities `(N, K)` (fp32, CPU); with `tta="flip"` the mean of
-    the probabilities of each image and of its mirror image, as `cnnlab eval` computes them."""
-    if tta not in TTA_MODES:
-        raise CnnlabError(f"tta must be one of {', '.join(TTA_MODES)}, got '{tta}'")
+    """uint8 `(N, C, H, W)` -> class probabilities `(N, K)` (fp32, CPU); with a `tta` mode the mean of
+    the probabilities over the views of each image (`cnnlab.train.tta`), as `cnnlab eval` computes them."""
+    check_tta(tta)
     mean = torch.tensor(card.mean).view(1, -1, 1, 1)
     std = torch.tensor(card.std).view(1, -1, 1, 1)
-    x = (images.float() / 255.0 - mean) / std
     with torch.inference_mode():
-        probs = torch.softmax(model(x).float(), dim=1)
-        if tta == "flip":
-            probs = (probs + torch.softmax(model(x.flip(3)).float(), dim=1)) / 2
-        return probs
+        return tta_log_probs(model, images, lambda view: (view.float() / 255.0 - mean) / std, tta).exp()
 
 
 def predict(run: str | Path, images: list[str | Path], *, top_k: int = 5, which: str = "best",
             tta: str | None = None) -> list[Prediction]:
-    """Top-`top_k` classes with probabilities for each image file. `tta`: "none" or "flip"; None: as the
-    run was evaluated during training."""
+    """Top-`top_k` classes with probabilities for each image file. `tta`: a `cnnlab.train.tta` mode; None:
+    as the run was evaluated during training."""
     if not images:
         raise CnnlabError("no images given; pass one or more image files")
     if not isinstance(top_k, int) or top_k < 1:

@@ -199,7 +199,7 @@ class Mistake:
 
 
 @torch.inference_mode()
-def predict_images(model: nn.Module, images: torch.Tensor, mean, std, batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+def predict_images(model: nn.Module, images: torch.Tensor, mean, std, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 `(N, C, H, W)` -> (predicted class `(N,)` int64, its softmax probability `(N,)`), float32 on the CPU.
 
     Normalised with the run's per-channel `mean` and `std`, as `cnnlab predict` does.
