@@ -53,13 +53,18 @@ class ProgressBar:
         """Print `text` on a line of its own above the bar (which is redrawn at the next update), instead
         of appending it to the bar's line."""
         if self.drawn:
-            self.stream.write("\r" + " " * 110 + "\r")
-            self.drawn, self.last_draw = False, 0.0
+            self._erase()
+            self.last_draw = 0.0
         self.stream.write(text + "\n")
         self.stream.flush()
 
     def close(self) -> None:
         if self.enabled:
-            self.stream.write("\r" + " " * 110 + "\r")
+            self._erase()
             self.stream.flush()
+        self.drawn = False
+
+    def _erase(self) -> None:
+        """Blank the bar's line and return to its start."""
+        self.stream.write("\r" + " " * 110 + "\r")
         self.drawn = False

@@ -173,13 +173,13 @@ def load_backbone(text: str) -> Backbone:
     size = tuple(info.input_size)
     imagenet_like = size == (3, 224, 224)
     mean, std = (IMAGENET_MEAN, IMAGENET_STD) if imagenet_like else (None, None)
-    model = create_model(name).eval()
+    # torchvision's ported GoogLeNet weights expect [-1, 1] inputs: it turns transform_input on for them too
+    options = {"transform_input": True} if where == "imagenet" and name == "googlenet" else {}
+    model = create_model(name, **options).eval()
     if where in ("", "random"):
         source = "random"
     elif where == "imagenet":
         url = os.environ.get("CNNLAB_IMAGENET_URL") or imagenet_url(name)  # a mirror, for offline clusters
-        if name == "googlenet":  # torchvision's ported weights expect [-1, 1] inputs: it turns this on too
-            model = create_model(name, transform_input=True).eval()
         model = _load_into(model, fetch_imagenet_state(name, url), f"from {url}")
         source = f"imagenet (torchvision, {Path(url).name})"
         mean, std = IMAGENET_MEAN, IMAGENET_STD
