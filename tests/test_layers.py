@@ -117,3 +117,37 @@ def test_activations_by_name():
     assert activation_gain("tanh") == pytest.approx(5 / 3)
     with pytest.raises(CnnlabError, match="unknown activation 'tahn' \\(did you mean 'tanh'\\?\\)"):
         make_activation("tahn")
+
+
+# ---- Flatten that keeps the gradient's layout ---------------------------------------------------
+
+
+def _backward_map_copies(flatten: torch.nn.Module, fmt: torch.memory_format) -> tuple[tuple, int]:
+    """Gradients of conv -> ReLU -> 2x2 max-pool -> flatten -> fc, and how many copies of the 8x8 map
+    (the pool's input) the backward pass made."""
+    from torch.profiler import profile
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2), flatten,
+                              torch.nn.Linear(8 * 4 * 4, 5)).to(memory_format=fmt)
+    x = torch.randn(4, 3, 8, 8).contiguous(memory_format=fmt).requires_grad_()
+    out = net(x)
+    with profile(record_shapes=True) as prof:
+        out.square().sum().backward()
+    copies = sum(e.name == "aten::copy_" and e.input_shapes[0] == [4, 8, 8, 8] for e in prof.events())
+    return (out.detach(), x.grad, net[0].weight.grad, net[4].weight.grad), copies
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_flatten_matches_nn_flatten_without_layout_copies(channels_last):
+    from cnnlab.layers import Flatten
+
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    ref, ref_copies = _backward_map_copies(torch.nn.Flatten(), fmt)
+    got, copies = _backward_map_copies(Flatten(), fmt)
+    assert repr(Flatten()) == repr(torch.nn.Flatten())
+    for r, g in zip(ref, got, strict=True):
+        torch.testing.assert_close(g, r, rtol=0, atol=0)  # the same values, bit for bit
+    assert copies == 0
+    if channels_last:  # what it saves: torch's flatten makes the pool's backward convert the map, and back
+        assert ref_copies >= 2

@@ -21,7 +21,9 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError, positive_int
+from cnnlab.layers.flatten import flatten
 from cnnlab.models._base import ConvNet
+from cnnlab.models._pool_first import forward_pool_first
 from cnnlab.models._registry import check_options, register_model
 
 __all__ = ["CFGS", "VGG", "make_layers", "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn",
@@ -107,12 +109,12 @@ class VGG(ConvNet):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """`(N, C, H, W)` images -> `(N, 512, H/32, W/32)`, the output of the last max-pool."""
-        return self.features(x)
+        return forward_pool_first(self.features, x)  # the same as self.features(x), faster
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """`(N, 512, H', W')` -> `(N, num_classes)` logits, or the `(N, 4096)` vector fc8 reads."""
         x = self.avgpool(x)  # (N, 512, 7, 7)
-        x = torch.flatten(x, 1)  # (N, 25088)
+        x = flatten(x, 1)  # (N, 25088)
         x = self.classifier[:-1](x)  # (N, 4096): fc6, relu, dropout, fc7, relu, dropout
         return x if pre_logits else self.classifier[-1](x)
 
