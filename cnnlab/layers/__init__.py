@@ -12,7 +12,7 @@ __all__ = [
     "ShortcutA",
     "activation_gain",
     "check_activation",
-    "flatten",
     "conv_output_size",
+    "flatten",
     "make_activation",
 ]

@@ -1,0 +1,32 @@
+"""The benchmarks' baselines are what they claim to be."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+from cnnlab.models import create_model
+
+
+def _load(name: str):
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_plain_loop_trains_the_lecture_cnn_in_plain_pytorch():
+    bench = _load("train_speed")
+    torch.manual_seed(0)
+    plain = bench.plain_simple_cnn()
+    torch.manual_seed(0)
+    ours = create_model("simple_cnn")
+    assert all(type(m).__module__.startswith("torch.nn") for m in plain.modules())  # no cnnlab layers
+    assert [p.shape for p in plain.parameters()] == [p.shape for p in ours.parameters()]
+    for a, b in zip(plain.parameters(), ours.parameters(), strict=True):
+        assert torch.equal(a, b)  # the same initial weights for the same seed
+    x = torch.randn(4, 1, 28, 28)
+    torch.testing.assert_close(plain(x), ours(x))
