@@ -90,3 +90,7 @@ def test_hooks_and_tracing_see_the_modules_in_their_order():
     assert seen["relu"].shape == (2, 32, 28, 28)
     graph = str(torch.jit.trace(model, x).inlined_graph)
     assert graph.index("aten::relu") < graph.index("aten::max_pool2d")  # exports keep the printed order
+    fx_graph = torch.fx.symbolic_trace(model)  # what torchvision's feature extractors trace with
+    targets = [str(n.target) for n in fx_graph.graph.nodes if n.op == "call_module"]
+    assert targets.index("features.1") < targets.index("features.2")  # relu, then maxpool
+    assert torch.equal(fx_graph(x), expected)

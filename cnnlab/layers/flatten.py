@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cnnlab.layers._tracing import tracing
+
 
 class _FlattenKeepLayout(torch.autograd.Function):
     @staticmethod
@@ -27,9 +29,10 @@ class _FlattenKeepLayout(torch.autograd.Function):
 
 def _keeps_layout(x: torch.Tensor) -> bool:
     """True where the plain flatten would hand back a gradient in another layout than `x`'s."""
+    if tracing() or torch.compiler.is_compiling():  # before touching x: under fx it is a proxy
+        return False
     return (x.dim() == 4 and x.requires_grad and torch.is_grad_enabled() and not x.is_contiguous()
-            and x.is_contiguous(memory_format=torch.channels_last)
-            and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
+            and x.is_contiguous(memory_format=torch.channels_last))
 
 
 def flatten(x: torch.Tensor, start_dim: int = 1, end_dim: int = -1) -> torch.Tensor:

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.fx import _symbolic_trace as _fx
 from torch.nn.modules import module as _module
+
+from cnnlab.layers._tracing import tracing
 
 
 def _has_hooks(m: nn.Module) -> bool:
@@ -30,17 +31,9 @@ def _global_hooks() -> bool:
     return any(getattr(_module, name, None) for name in names)
 
 
-# newer torch: is_fx_tracing() also answers (and warns) under torch.export; ask the narrower question
-_fx_tracing = getattr(_fx, "is_fx_symbolic_tracing", getattr(_fx, "is_fx_tracing", lambda: False))
-
-
-def _tracing() -> bool:
-    return torch.jit.is_tracing() or torch.jit.is_scripting() or _fx_tracing()
-
-
 def forward_pool_first(seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     """`seq(x)`, with every unhooked `ReLU` directly followed by an unhooked `MaxPool2d` run pool-first."""
-    if _tracing() or _global_hooks() or _has_hooks(seq):
+    if tracing() or _global_hooks() or _has_hooks(seq):
         return seq(x)
     modules = list(seq)
     i = 0
