@@ -35,6 +35,7 @@ THRESHOLDS = (0.90, 0.92, 0.93, 0.94)
 
 # ---- machine -----------------------------------------------------------------------------------
 def machine() -> str:
+    from cnnlab.layers._native import status as kernel_status
     from cnnlab.train.precision import cpu_supports_bf16
 
     cpu = platform.processor() or platform.machine()
@@ -46,7 +47,8 @@ def machine() -> str:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return (f"{cpu}; {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}, "
             f"capability {torch.backends.cpu.get_cpu_capability()}, native bf16 {cpu_supports_bf16()}; "
-            f"torch {torch.__version__}, Python {platform.python_version()}; load average at start {load:.1f}")
+            f"torch {torch.__version__}, Python {platform.python_version()}; load average at start {load:.1f}; "
+            f"{kernel_status()}")
 
 
 # ---- (a) cnnlab --------------------------------------------------------------------------------

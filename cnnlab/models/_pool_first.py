@@ -5,7 +5,8 @@ for any window (overlapping, padded, ceil_mode), and the gradients agree too: wh
 is positive both orders send its gradient to the same first maximum; where it is not, both send zero.
 Pooling first runs the ReLU, its backward and the saved activation on a quarter of the positions (for
 2x2 pools): 1.12-1.15x more training images/s for `simple_cnn` in bf16 on a 2-core CPU
-(`benchmarks/step_levers.py`).
+(`benchmarks/step_levers.py`). Where the C kernel applies (2x2 stride-2 pools on channels_last CPU maps,
+`cnnlab.layers.maxpool2x2`), the pool and the ReLU run as one pass of it, with the same values again.
 
 The model keeps its modules, order and printout: `conv -> relu -> maxpool` is what it is and what it
 computes. Where the difference would show, the modules run in their order: while either module of a pair
@@ -20,6 +21,7 @@ from torch import nn
 from torch.nn.modules import module as _module
 
 from cnnlab.layers._tracing import tracing
+from cnnlab.layers.maxpool2x2 import max_pool2x2, pool2x2_applies
 
 
 def _has_hooks(m: nn.Module) -> bool:
@@ -31,19 +33,25 @@ def _global_hooks() -> bool:
     return any(getattr(_module, name, None) for name in names)
 
 
-def forward_pool_first(seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-    """`seq(x)`, with every unhooked `ReLU` directly followed by an unhooked `MaxPool2d` run pool-first."""
+def _max_pool(m: nn.Module) -> bool:
+    return type(m) is nn.MaxPool2d and not m.return_indices and not _has_hooks(m)
+
+
+def forward_pool_first(seq: nn.Sequential, x: torch.Tensor, kernel: bool = True) -> torch.Tensor:
+    """`seq(x)`, with every unhooked `ReLU` directly followed by an unhooked `MaxPool2d` run pool-first, and
+    (if kernel) 2x2 max-pools, with such a ReLU or alone, on cnnlab's C kernel where it applies
+    (`cnnlab.layers.maxpool2x2`)."""
     if tracing() or _global_hooks() or _has_hooks(seq):
         return seq(x)
     modules = list(seq)
     i = 0
     while i < len(modules):
         m = modules[i]
-        if (type(m) is nn.ReLU and i + 1 < len(modules) and type(modules[i + 1]) is nn.MaxPool2d
-                and not modules[i + 1].return_indices and not _has_hooks(m) and not _has_hooks(modules[i + 1])):
-            x = m(modules[i + 1](x))
+        if type(m) is nn.ReLU and i + 1 < len(modules) and _max_pool(modules[i + 1]) and not _has_hooks(m):
+            pool = modules[i + 1]
+            x = max_pool2x2(x, relu=True) if kernel and pool2x2_applies(x, pool) else m(pool(x))
             i += 2
         else:
-            x = m(x)
+            x = max_pool2x2(x) if kernel and _max_pool(m) and pool2x2_applies(x, m) else m(x)
             i += 1
     return x

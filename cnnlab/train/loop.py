@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlab.errors import CnnlabError
+from cnnlab.layers._native import status as native_status
 from cnnlab.runtime import tune_allocator
 from cnnlab.train import distributed
 from cnnlab.train.checkpoint import (
@@ -248,6 +249,7 @@ class Trainer:
             "device": str(self.precision.device),
             "precision": self.precision.name,
             "channels_last": self.precision.channels_last,
+            "c_kernels": native_status(),
             "world_size": self.dist.world_size,
             "dataset": {"name": getattr(ds, "name", self.config.data), "source": getattr(ds, "source", None),
                         "classes": self.classes, "input_size": list(self.input_size), "mean": list(ds.mean),

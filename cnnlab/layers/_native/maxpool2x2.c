@@ -1,0 +1,287 @@
+/* 2x2 stride-2 max-pool (optionally followed by ReLU) over channels_last maps, forward and backward.
+ *
+ * Built and loaded at run time by cnnlab/layers/native.py; PyTorch's max_pool2d is used where it cannot
+ * be. Values and gradients equal PyTorch's relu(max_pool2d(x, 2)) bit for bit (NaN payloads aside): the
+ * first maximum of each window wins a tie, a NaN wins over any number and a later NaN over an earlier
+ * one, ReLU keeps -0.0 and NaN, and its gradient passes where the output is not <= 0; a -0.0 gradient
+ * arrives as +0.0 (PyTorch adds it to a zero-filled map).
+ *
+ * What differs from PyTorch is what is saved for the backward pass: one code per output element, of the
+ * element's own width (uint16 for bf16, uint32 for fp32) instead of an int64 index: the window position
+ * (0..3) of the maximum, plus the top bit when the gradient passes (ReLU's mask folded in). Codes of the
+ * element's width keep every loop in one lane width, which the compiler vectorises; and the backward pass
+ * writes each input-gradient element once, with no zero-fill pass and no scatter.
+ *
+ * Layout: x is (N, H, W, C) contiguous (a channels_last (N, C, H, W) tensor), y and code (N, H/2, W/2, C),
+ * gx (N, H, W, C). Odd H or W: the last row or column is not pooled (floor mode) and its gradient is not
+ * written here (the caller zeroes it). Samples [n0, n1) are processed, so callers can split a batch.
+ */
+#include <stdint.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* bf16 bits as an ordered int16 key: the order of the floats, -0 == +0, every NaN above +inf. */
+static inline int16_t key_bf16(uint16_t b) {
+    const int16_t mag = (int16_t)(b & 0x7FFF);
+    return mag > 0x7F80 ? (int16_t)0x7FFF : (b & 0x8000) ? (int16_t)-mag : mag;
+}
+
+#define NAN_KEY ((int16_t)0x7FFF)
+
+static void fwd_bf16_generic(const uint16_t *x, uint16_t *y, uint16_t *code, int64_t n0, int64_t n1,
+                             int64_t H, int64_t W, int64_t C, int relu) {
+    const int64_t Ho = H / 2, Wo = W / 2;
+    for (int64_t n = n0; n < n1; n++)
+        for (int64_t oh = 0; oh < Ho; oh++)
+            for (int64_t ow = 0; ow < Wo; ow++) {
+                const uint16_t *p[4];
+                p[0] = x + ((n * H + 2 * oh) * W + 2 * ow) * C;
+                p[1] = p[0] + C, p[2] = p[0] + W * C, p[3] = p[2] + C;
+                const int64_t o = ((n * Ho + oh) * Wo + ow) * C;
+                for (int64_t c = 0; c < C; c++) {
+                    int16_t km = key_bf16(p[0][c]);
+                    uint16_t mb = p[0][c], i = 0;
+                    for (uint16_t e = 1; e < 4; e++) {
+                        const int16_t kv = key_bf16(p[e][c]);
+                        if (kv > km || kv == NAN_KEY) km = kv, mb = p[e][c], i = e;
+                    }
+                    y[o + c] = relu && km < 0 ? 0 : mb;
+                    code[o + c] = i | (uint16_t)((!relu || km > 0) << 15);
+                }
+            }
+}
+
+static void fwd_f32_generic(const float *x, float *y, uint32_t *code, int64_t n0, int64_t n1, int64_t H,
+                            int64_t W, int64_t C, int relu) {
+    const int64_t Ho = H / 2, Wo = W / 2;
+    for (int64_t n = n0; n < n1; n++)
+        for (int64_t oh = 0; oh < Ho; oh++)
+            for (int64_t ow = 0; ow < Wo; ow++) {
+                const float *p[4];
+                p[0] = x + ((n * H + 2 * oh) * W + 2 * ow) * C;
+                p[1] = p[0] + C, p[2] = p[0] + W * C, p[3] = p[2] + C;
+                const int64_t o = ((n * Ho + oh) * Wo + ow) * C;
+                for (int64_t c = 0; c < C; c++) {
+                    float m = p[0][c];
+                    uint32_t i = 0;
+                    for (uint32_t e = 1; e < 4; e++) {
+                        const float v = p[e][c];
+                        if (v > m || v != v) m = v, i = e;
+                    }
+                    y[o + c] = relu && m < 0.0f ? 0.0f : m;
+                    code[o + c] = i | (uint32_t)((!relu || !(m <= 0.0f)) << 31);
+                }
+            }
+}
+
+/* The backward pass of either: T is the element's bits, the code has the same width. */
+#define DEFINE_BACKWARD(NAME, T, PASS)                                                                   \
+    static void NAME(const T *g, const T *code, T *gx, int64_t n0, int64_t n1, int64_t H, int64_t W,     \
+                     int64_t C) {                                                                        \
+        const int64_t Ho = H / 2, Wo = W / 2;                                                            \
+        for (int64_t n = n0; n < n1; n++)                                                                \
+            for (int64_t oh = 0; oh < Ho; oh++)                                                          \
+                for (int64_t ow = 0; ow < Wo; ow++) {                                                    \
+                    T *restrict a = gx + ((n * H + 2 * oh) * W + 2 * ow) * C;                            \
+                    T *restrict b = a + C, *restrict c2 = a + W * C, *restrict d = a + W * C + C;        \
+                    const int64_t o = ((n * Ho + oh) * Wo + ow) * C;                                     \
+                    const T *restrict go = g + o, *restrict co = code + o;                               \
+                    for (int64_t c = 0; c < C; c++) {                                                    \
+                        const T k = co[c], v = go[c] == (T)PASS ? 0 : go[c]; /* -0.0 -> +0.0 */          \
+                        a[c] = k == (T)(PASS | 0) ? v : 0;                                               \
+                        b[c] = k == (T)(PASS | 1) ? v : 0;                                               \
+                        c2[c] = k == (T)(PASS | 2) ? v : 0;                                              \
+                        d[c] = k == (T)(PASS | 3) ? v : 0;                                               \
+                    }                                                                                    \
+                }                                                                                        \
+    }
+DEFINE_BACKWARD(bwd_16_generic, uint16_t, 0x8000u)
+DEFINE_BACKWARD(bwd_32_generic, uint32_t, 0x80000000u)
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define HAVE_AVX512_PATH 1
+#define AVX512 __attribute__((target("avx512f,avx512bw")))
+
+AVX512 static inline __m512i key_bf16_x32(__m512i v, __mmask32 *is_nan) {
+    const __m512i mag = _mm512_and_si512(v, _mm512_set1_epi16(0x7FFF));
+    *is_nan = _mm512_cmpgt_epi16_mask(mag, _mm512_set1_epi16(0x7F80));
+    const __m512i signed_mag = _mm512_mask_sub_epi16(mag, _mm512_movepi16_mask(v), _mm512_setzero_si512(), mag);
+    return _mm512_mask_mov_epi16(signed_mag, *is_nan, _mm512_set1_epi16(NAN_KEY));
+}
+
+/* C % 32 == 0 */
+AVX512 static void fwd_bf16_avx512(const uint16_t *x, uint16_t *y, uint16_t *code, int64_t n0, int64_t n1,
+                                   int64_t H, int64_t W, int64_t C, int relu) {
+    const int64_t Ho = H / 2, Wo = W / 2;
+    const __m512i zero = _mm512_setzero_si512(), pass = _mm512_set1_epi16((short)0x8000);
+    for (int64_t n = n0; n < n1; n++)
+        for (int64_t oh = 0; oh < Ho; oh++)
+            for (int64_t ow = 0; ow < Wo; ow++) {
+                const uint16_t *a = x + ((n * H + 2 * oh) * W + 2 * ow) * C;
+                const uint16_t *p[3] = {a + C, a + W * C, a + W * C + C};
+                const int64_t o = ((n * Ho + oh) * Wo + ow) * C;
+                for (int64_t c = 0; c < C; c += 32) {
+                    __mmask32 nan;
+                    __m512i mb = _mm512_loadu_si512(a + c), km = key_bf16_x32(mb, &nan), i = zero;
+                    for (int e = 0; e < 3; e++) {
+                        const __m512i v = _mm512_loadu_si512(p[e] + c), kv = key_bf16_x32(v, &nan);
+                        const __mmask32 t = _mm512_cmpgt_epi16_mask(kv, km) | nan;
+                        km = _mm512_mask_mov_epi16(km, t, kv);
+                        mb = _mm512_mask_mov_epi16(mb, t, v);
+                        i = _mm512_mask_mov_epi16(i, t, _mm512_set1_epi16((short)(e + 1)));
+                    }
+                    const __mmask32 keep = relu ? ~_mm512_cmplt_epi16_mask(km, zero) : ~(__mmask32)0;
+                    const __mmask32 passes = relu ? _mm512_cmpgt_epi16_mask(km, zero) : ~(__mmask32)0;
+                    _mm512_storeu_si512(y + o + c, _mm512_maskz_mov_epi16(keep, mb));
+                    _mm512_storeu_si512(code + o + c, _mm512_or_si512(i, _mm512_maskz_mov_epi16(passes, pass)));
+                }
+            }
+}
+
+/* C % 16 == 0 */
+AVX512 static void fwd_f32_avx512(const float *x, float *y, uint32_t *code, int64_t n0, int64_t n1, int64_t H,
+                                  int64_t W, int64_t C, int relu) {
+    const int64_t Ho = H / 2, Wo = W / 2;
+    const __m512 zero = _mm512_setzero_ps();
+    const __m512i pass = _mm512_set1_epi32((int)0x80000000u);
+    for (int64_t n = n0; n < n1; n++)
+        for (int64_t oh = 0; oh < Ho; oh++)
+            for (int64_t ow = 0; ow < Wo; ow++) {
+                const float *a = x + ((n * H + 2 * oh) * W + 2 * ow) * C;
+                const float *p[3] = {a + C, a + W * C, a + W * C + C};
+                const int64_t o = ((n * Ho + oh) * Wo + ow) * C;
+                for (int64_t c = 0; c < C; c += 16) {
+                    __m512 m = _mm512_loadu_ps(a + c);
+                    __m512i i = _mm512_setzero_si512();
+                    for (int e = 0; e < 3; e++) {
+                        const __m512 v = _mm512_loadu_ps(p[e] + c);
+                        const __mmask16 t = _mm512_cmp_ps_mask(v, m, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+                        m = _mm512_mask_mov_ps(m, t, v);
+                        i = _mm512_mask_mov_epi32(i, t, _mm512_set1_epi32(e + 1));
+                    }
+                    const __mmask16 neg = relu ? _mm512_cmp_ps_mask(m, zero, _CMP_LT_OQ) : 0;
+                    const __mmask16 passes = relu ? _mm512_cmp_ps_mask(m, zero, _CMP_NLE_UQ) : (__mmask16)0xFFFF;
+                    _mm512_storeu_ps(y + o + c, _mm512_mask_mov_ps(m, neg, zero));
+                    _mm512_storeu_si512(code + o + c, _mm512_or_si512(i, _mm512_maskz_mov_epi32(passes, pass)));
+                }
+            }
+}
+
+#define DEFINE_BACKWARD_AVX512(NAME, T, LANES, SET1, CMPEQ, MASKZ, ALL)                                         \
+    AVX512 static void NAME(const T *g, const T *code, T *gx, int64_t n0, int64_t n1, int64_t H, int64_t W, \
+                            int64_t C) {                                                                   \
+        const int64_t Ho = H / 2, Wo = W / 2;                                                              \
+        const __m512i want[4] = {SET1(0), SET1(1), SET1(2), SET1(3)};                                      \
+        for (int64_t n = n0; n < n1; n++)                                                                  \
+            for (int64_t oh = 0; oh < Ho; oh++)                                                            \
+                for (int64_t ow = 0; ow < Wo; ow++) {                                                      \
+                    T *a = gx + ((n * H + 2 * oh) * W + 2 * ow) * C;                                       \
+                    T *p[4] = {a, a + C, a + W * C, a + W * C + C};                                        \
+                    const int64_t o = ((n * Ho + oh) * Wo + ow) * C;                                       \
+                    for (int64_t c = 0; c < C; c += LANES) {                                               \
+                        const __m512i k = _mm512_loadu_si512(code + o + c), g0 = _mm512_loadu_si512(g + o + c); \
+                        const __m512i v = MASKZ(~CMPEQ(g0, want[0]) & ALL, g0); /* -0.0 -> +0.0 */            \
+                        for (int e = 0; e < 4; e++)                                                        \
+                            _mm512_storeu_si512(p[e] + c, MASKZ(CMPEQ(k, want[e]), v));                    \
+                    }                                                                                      \
+                }                                                                                          \
+    }
+#define SET1_16(e) _mm512_set1_epi16((short)(0x8000 | (e)))
+#define SET1_32(e) _mm512_set1_epi32((int)(0x80000000u | (e)))
+DEFINE_BACKWARD_AVX512(bwd_16_avx512, uint16_t, 32, SET1_16, _mm512_cmpeq_epi16_mask, _mm512_maskz_mov_epi16, (__mmask32)~0u)
+DEFINE_BACKWARD_AVX512(bwd_32_avx512, uint32_t, 16, SET1_32, _mm512_cmpeq_epi32_mask, _mm512_maskz_mov_epi32, (__mmask16)0xFFFF)
+
+static int avx512_ok(void) {
+    static int ok = -1;
+    if (ok < 0) {
+        __builtin_cpu_init();
+        ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+    }
+    return ok;
+}
+#else
+#define HAVE_AVX512_PATH 0
+static int avx512_ok(void) { return 0; }
+#endif
+
+typedef void (*kernel_fn)(const void *, void *, void *, int64_t, int64_t, int64_t, int64_t, int64_t, int);
+
+/* Split samples [n0, n1) over the OpenMP threads. Built with -fopenmp and loaded into a process that has
+ * PyTorch's libgomp, this is PyTorch's own thread pool (same runtime, same thread count), so the kernels
+ * do not compete with threads PyTorch keeps spinning after its own parallel regions. */
+static void run(kernel_fn fn, const void *in, void *out, void *code, int64_t n0, int64_t n1, int64_t H,
+                int64_t W, int64_t C, int relu) {
+#ifdef _OPENMP
+    if (n1 - n0 > 1 && omp_get_max_threads() > 1 && !omp_in_parallel()) {
+#pragma omp parallel
+        {
+            const int64_t t = omp_get_thread_num(), T = omp_get_num_threads(), len = n1 - n0;
+            const int64_t a = n0 + len * t / T, b = n0 + len * (t + 1) / T;
+            if (a < b) fn(in, out, code, a, b, H, W, C, relu);
+        }
+        return;
+    }
+#endif
+    fn(in, out, code, n0, n1, H, W, C, relu);
+}
+
+#define FWD(f, T, CT) static void f##_k(const void *x, void *y, void *code, int64_t n0, int64_t n1, int64_t H, \
+    int64_t W, int64_t C, int relu) { f((const T *)x, (T *)y, (CT *)code, n0, n1, H, W, C, relu); }
+#define BWD(f, T) static void f##_k(const void *g, void *gx, void *code, int64_t n0, int64_t n1, int64_t H, \
+    int64_t W, int64_t C, int relu) { (void)relu; f((const T *)g, (const T *)code, (T *)gx, n0, n1, H, W, C); }
+FWD(fwd_bf16_generic, uint16_t, uint16_t)
+FWD(fwd_f32_generic, float, uint32_t)
+BWD(bwd_16_generic, uint16_t)
+BWD(bwd_32_generic, uint32_t)
+#if HAVE_AVX512_PATH
+FWD(fwd_bf16_avx512, uint16_t, uint16_t)
+FWD(fwd_f32_avx512, float, uint32_t)
+BWD(bwd_16_avx512, uint16_t)
+BWD(bwd_32_avx512, uint32_t)
+#endif
+
+/* 1 where this build and CPU have the AVX-512 kernels (used for channel counts that are a multiple of
+ * 32 in bf16, of 16 in fp32); 0: the portable loops run. */
+int cnnlab_maxpool2x2_simd(void) { return avx512_ok(); }
+
+/* 1 where the kernels split a batch over PyTorch's OpenMP threads. */
+int cnnlab_maxpool2x2_openmp(void) {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+static int simd(int dtype, int64_t C, int generic) {
+    return HAVE_AVX512_PATH && !generic && avx512_ok() && C % (dtype == 0 ? 32 : 16) == 0;
+}
+
+/* dtype 0: bf16 (codes uint16), 1: fp32 (codes uint32). generic != 0 forces the portable loops (tests).
+ * Returns 0, or -1 for an unknown dtype. */
+int cnnlab_maxpool2x2_forward(int dtype, const void *x, void *y, void *code, int64_t n0, int64_t n1, int64_t H,
+                              int64_t W, int64_t C, int relu, int generic) {
+    kernel_fn fn = NULL;
+#if HAVE_AVX512_PATH
+    if (simd(dtype, C, generic)) fn = dtype == 0 ? fwd_bf16_avx512_k : fwd_f32_avx512_k;
+#endif
+    if (!fn && (dtype == 0 || dtype == 1)) fn = dtype == 0 ? fwd_bf16_generic_k : fwd_f32_generic_k;
+    if (!fn) return -1;
+    run(fn, x, y, code, n0, n1, H, W, C, relu);
+    return 0;
+}
+
+int cnnlab_maxpool2x2_backward(int dtype, const void *g, const void *code, void *gx, int64_t n0, int64_t n1,
+                               int64_t H, int64_t W, int64_t C, int generic) {
+    kernel_fn fn = NULL;
+#if HAVE_AVX512_PATH
+    if (simd(dtype, C, generic)) fn = dtype == 0 ? bwd_16_avx512_k : bwd_32_avx512_k;
+#endif
+    if (!fn && (dtype == 0 || dtype == 1)) fn = dtype == 0 ? bwd_16_generic_k : bwd_32_generic_k;
+    if (!fn) return -1;
+    run(fn, g, gx, (void *)code, n0, n1, H, W, C, 0);
+    return 0;
+}
