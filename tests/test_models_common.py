@@ -82,6 +82,14 @@ def test_forward_is_head_of_features(built):
         assert pre.shape[1] == model.get_classifier().in_features
 
 
+def test_traces_with_torch_fx(built):
+    """torchvision's feature extraction (create_feature_extractor) and other graph tools trace with fx."""
+    _, model, x, out = built
+    graph = torch.fx.symbolic_trace(model)
+    with torch.no_grad():
+        torch.testing.assert_close(graph(x), out, rtol=0, atol=0)
+
+
 def _hook_shapes(model: ConvNet, x: torch.Tensor, names: list[str], tolerate: bool) -> dict[str, torch.Size]:
     """Output shapes of the named modules during `forward_features(x)`."""
     shapes: dict[str, torch.Size] = {}

@@ -81,7 +81,8 @@ class AlexNet(ConvNet):
         """`(N, 256, H', W')` -> `(N, num_classes)` logits, or the `(N, 4096)` fc7 output."""
         x = self.avgpool(x)  # (N, 256, 6, 6)
         x = flatten(x, 1)  # (N, 9216)
-        x = self.classifier[:-1](x)  # (N, 4096): dropout, fc6, relu, dropout, fc7, relu
+        for layer in list(self.classifier)[:-1]:  # (N, 4096): dropout, fc6, relu, dropout, fc7, relu
+            x = layer(x)  # each layer itself, not a sliced Sequential, so torch.fx can trace the head
         return x if pre_logits else self.classifier[-1](x)
 
     def get_classifier(self) -> nn.Module:

@@ -115,7 +115,8 @@ class VGG(ConvNet):
         """`(N, 512, H', W')` -> `(N, num_classes)` logits, or the `(N, 4096)` vector fc8 reads."""
         x = self.avgpool(x)  # (N, 512, 7, 7)
         x = flatten(x, 1)  # (N, 25088)
-        x = self.classifier[:-1](x)  # (N, 4096): fc6, relu, dropout, fc7, relu, dropout
+        for layer in list(self.classifier)[:-1]:  # (N, 4096): fc6, relu, dropout, fc7, relu, dropout
+            x = layer(x)  # each layer itself, not a sliced Sequential, so torch.fx can trace the head
         return x if pre_logits else self.classifier[-1](x)
 
     def get_classifier(self) -> nn.Module:
