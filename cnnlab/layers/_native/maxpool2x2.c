@@ -30,51 +30,37 @@ static inline int16_t key_bf16(uint16_t b) {
 
 #define NAN_KEY ((int16_t)0x7FFF)
 
-static void fwd_bf16_generic(const uint16_t *x, uint16_t *y, uint16_t *code, int64_t n0, int64_t n1,
-                             int64_t H, int64_t W, int64_t C, int relu) {
-    const int64_t Ho = H / 2, Wo = W / 2;
-    for (int64_t n = n0; n < n1; n++)
-        for (int64_t oh = 0; oh < Ho; oh++)
-            for (int64_t ow = 0; ow < Wo; ow++) {
-                const uint16_t *p[4];
-                p[0] = x + ((n * H + 2 * oh) * W + 2 * ow) * C;
-                p[1] = p[0] + C, p[2] = p[0] + W * C, p[3] = p[2] + C;
-                const int64_t o = ((n * Ho + oh) * Wo + ow) * C;
-                for (int64_t c = 0; c < C; c++) {
-                    int16_t km = key_bf16(p[0][c]);
-                    uint16_t mb = p[0][c], i = 0;
-                    for (uint16_t e = 1; e < 4; e++) {
-                        const int16_t kv = key_bf16(p[e][c]);
-                        if (kv > km || kv == NAN_KEY) km = kv, mb = p[e][c], i = e;
-                    }
-                    y[o + c] = relu && km < 0 ? 0 : mb;
-                    code[o + c] = i | (uint16_t)((!relu || km > 0) << 15);
-                }
-            }
-}
-
-static void fwd_f32_generic(const float *x, float *y, uint32_t *code, int64_t n0, int64_t n1, int64_t H,
-                            int64_t W, int64_t C, int relu) {
-    const int64_t Ho = H / 2, Wo = W / 2;
-    for (int64_t n = n0; n < n1; n++)
-        for (int64_t oh = 0; oh < Ho; oh++)
-            for (int64_t ow = 0; ow < Wo; ow++) {
-                const float *p[4];
-                p[0] = x + ((n * H + 2 * oh) * W + 2 * ow) * C;
-                p[1] = p[0] + C, p[2] = p[0] + W * C, p[3] = p[2] + C;
-                const int64_t o = ((n * Ho + oh) * Wo + ow) * C;
-                for (int64_t c = 0; c < C; c++) {
-                    float m = p[0][c];
-                    uint32_t i = 0;
-                    for (uint32_t e = 1; e < 4; e++) {
-                        const float v = p[e][c];
-                        if (v > m || v != v) m = v, i = e;
-                    }
-                    y[o + c] = relu && m < 0.0f ? 0.0f : m;
-                    code[o + c] = i | (uint32_t)((!relu || !(m <= 0.0f)) << 31);
-                }
-            }
-}
+/* The portable forward pass. KEY orders the values (NaN above all), IS_NAN tells a NaN's key; ReLU
+ * zeroes keys < 0 and passes the gradient where !(key <= 0), as PyTorch's relu and threshold_backward. */
+#define DEFINE_FORWARD(NAME, T, CODE, K, KEY, IS_NAN)                                                   \
+    static void NAME(const T *x, T *y, CODE *code, int64_t n0, int64_t n1, int64_t H, int64_t W,        \
+                     int64_t C, int relu) {                                                             \
+        const int64_t Ho = H / 2, Wo = W / 2;                                                           \
+        for (int64_t n = n0; n < n1; n++)                                                               \
+            for (int64_t oh = 0; oh < Ho; oh++)                                                         \
+                for (int64_t ow = 0; ow < Wo; ow++) {                                                   \
+                    const T *p[4];                                                                      \
+                    p[0] = x + ((n * H + 2 * oh) * W + 2 * ow) * C;                                     \
+                    p[1] = p[0] + C, p[2] = p[0] + W * C, p[3] = p[2] + C;                              \
+                    const int64_t o = ((n * Ho + oh) * Wo + ow) * C;                                    \
+                    for (int64_t c = 0; c < C; c++) {                                                   \
+                        K km = KEY(p[0][c]);                                                            \
+                        T mb = p[0][c];                                                                 \
+                        CODE i = 0;                                                                     \
+                        for (CODE e = 1; e < 4; e++) {                                                  \
+                            const K kv = KEY(p[e][c]);                                                  \
+                            if (kv > km || IS_NAN(kv)) km = kv, mb = p[e][c], i = e;                    \
+                        }                                                                               \
+                        y[o + c] = relu && km < 0 ? 0 : mb;                                             \
+                        code[o + c] = i | (CODE)((CODE)(!relu || !(km <= 0)) << (8 * sizeof(CODE) - 1)); \
+                    }                                                                                   \
+                }                                                                                       \
+    }
+#define IS_NAN_KEY(k) ((k) == NAN_KEY)
+#define SAME(v) (v)
+#define IS_NAN_F32(v) ((v) != (v))
+DEFINE_FORWARD(fwd_bf16_generic, uint16_t, uint16_t, int16_t, key_bf16, IS_NAN_KEY)
+DEFINE_FORWARD(fwd_f32_generic, float, uint32_t, float, SAME, IS_NAN_F32)
 
 /* The backward pass of either: T is the element's bits, the code has the same width. */
 #define DEFINE_BACKWARD(NAME, T, PASS)                                                                   \
