@@ -3,8 +3,8 @@ and gradients as `relu(max_pool2d(x, 2))`, bit for bit (NaN payloads aside).
 
 PyTorch saves an int64 index per output element and runs its backward pass as a zero-fill plus a scatter;
 the C kernel (`_native/maxpool2x2.c`) saves a code of the element's own width (window position and the
-ReLU's mask in one) and writes each input gradient once. For `simple_cnn` in bf16 that is ~1.15-1.2x more
-training images/s on a 2-core CPU (`benchmarks/step_levers.py`).
+ReLU's mask in one) and writes each input gradient once. For `simple_cnn` in bf16 on a 2-core CPU that is
+1.07-1.15x more steps/s in `benchmarks/step_levers.py` and 1.2-1.35x more images/s in `cnnlab train`.
 
 `pool2x2_applies(x, pool)` says whether an input and an `nn.MaxPool2d` should take this path: a plain CPU
 tensor, bf16 or fp32, channels_last, a 2x2 stride-2 pool without padding, dilation or indices, the C

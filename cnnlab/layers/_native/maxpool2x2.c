@@ -1,7 +1,7 @@
 /* 2x2 stride-2 max-pool (optionally followed by ReLU) over channels_last maps, forward and backward.
  *
- * Built and loaded at run time by cnnlab/layers/native.py; PyTorch's max_pool2d is used where it cannot
- * be. Values and gradients equal PyTorch's relu(max_pool2d(x, 2)) bit for bit (NaN payloads aside): the
+ * Built and loaded at run time by cnnlab/layers/_native/__init__.py and called by cnnlab/layers/maxpool2x2.py;
+ * PyTorch's max_pool2d is used where it cannot be. Values and gradients equal PyTorch's relu(max_pool2d(x, 2)) bit for bit (NaN payloads aside): the
  * first maximum of each window wins a tie, a NaN wins over any number and a later NaN over an earlier
  * one, ReLU keeps -0.0 and NaN, and its gradient passes where the output is not <= 0; a -0.0 gradient
  * arrives as +0.0 (PyTorch adds it to a zero-filled map).
@@ -14,10 +14,10 @@
  *
  * Layout: x is (N, H, W, C) contiguous (a channels_last (N, C, H, W) tensor), y and code (N, H/2, W/2, C),
  * gx (N, H, W, C). Odd H or W: the last row or column is not pooled (floor mode) and its gradient is not
- * written here (the caller zeroes it). Samples [n0, n1) are processed, so callers can split a batch.
+ * written here (the caller zeroes it). The exported functions take samples [n0, n1) and split them over
+ * the OpenMP threads.
  */
 #include <stdint.h>
-#include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
