@@ -30,19 +30,24 @@ static inline int16_t key_bf16(uint16_t b) {
 
 #define NAN_KEY ((int16_t)0x7FFF)
 
+/* The loop over the 2x2 windows of samples [n0, n1) that every kernel runs: its body, up to
+ * END_WINDOWS, sees `in`, the index of the window's top-left element in the (N, H, W, C) map, and `out`,
+ * the index of its pooled element in the (N, H/2, W/2, C) map. */
+#define FOR_EACH_WINDOW                                                                               \
+    for (int64_t n = n0; n < n1; n++)                                                                 \
+        for (int64_t oh = 0; oh < H / 2; oh++)                                                        \
+            for (int64_t ow = 0; ow < W / 2; ow++) {                                                  \
+                const int64_t in = ((n * H + 2 * oh) * W + 2 * ow) * C;                               \
+                const int64_t out = ((n * (H / 2) + oh) * (W / 2) + ow) * C;
+#define END_WINDOWS }
+
 /* The portable forward pass. KEY orders the values (NaN above all), IS_NAN tells a NaN's key; ReLU
  * zeroes keys < 0 and passes the gradient where !(key <= 0), as PyTorch's relu and threshold_backward. */
 #define DEFINE_FORWARD(NAME, T, CODE, K, KEY, IS_NAN)                                                   \
     static void NAME(const T *x, T *y, CODE *code, int64_t n0, int64_t n1, int64_t H, int64_t W,        \
                      int64_t C, int relu) {                                                             \
-        const int64_t Ho = H / 2, Wo = W / 2;                                                           \
-        for (int64_t n = n0; n < n1; n++)                                                               \
-            for (int64_t oh = 0; oh < Ho; oh++)                                                         \
-                for (int64_t ow = 0; ow < Wo; ow++) {                                                   \
-                    const T *p[4];                                                                      \
-                    p[0] = x + ((n * H + 2 * oh) * W + 2 * ow) * C;                                     \
-                    p[1] = p[0] + C, p[2] = p[0] + W * C, p[3] = p[2] + C;                              \
-                    const int64_t o = ((n * Ho + oh) * Wo + ow) * C;                                    \
+        FOR_EACH_WINDOW                                                                                 \
+                    const T *p[4] = {x + in, x + in + C, x + in + W * C, x + in + W * C + C};           \
                     for (int64_t c = 0; c < C; c++) {                                                   \
                         K km = KEY(p[0][c]);                                                            \
                         T mb = p[0][c];                                                                 \
@@ -51,10 +56,10 @@ static inline int16_t key_bf16(uint16_t b) {
                             const K kv = KEY(p[e][c]);                                                  \
                             if (kv > km || IS_NAN(kv)) km = kv, mb = p[e][c], i = e;                    \
                         }                                                                               \
-                        y[o + c] = relu && km < 0 ? 0 : mb;                                             \
-                        code[o + c] = i | (CODE)((CODE)(!relu || !(km <= 0)) << (8 * sizeof(CODE) - 1)); \
+                        y[out + c] = relu && km < 0 ? 0 : mb;                                           \
+                        code[out + c] = i | (CODE)((CODE)(!relu || !(km <= 0)) << (8 * sizeof(CODE) - 1)); \
                     }                                                                                   \
-                }                                                                                       \
+        END_WINDOWS                                                                                     \
     }
 #define IS_NAN_KEY(k) ((k) == NAN_KEY)
 #define SAME(v) (v)
@@ -66,14 +71,10 @@ DEFINE_FORWARD(fwd_f32_generic, float, uint32_t, float, SAME, IS_NAN_F32)
 #define DEFINE_BACKWARD(NAME, T, PASS)                                                                   \
     static void NAME(const T *g, const T *code, T *gx, int64_t n0, int64_t n1, int64_t H, int64_t W,     \
                      int64_t C) {                                                                        \
-        const int64_t Ho = H / 2, Wo = W / 2;                                                            \
-        for (int64_t n = n0; n < n1; n++)                                                                \
-            for (int64_t oh = 0; oh < Ho; oh++)                                                          \
-                for (int64_t ow = 0; ow < Wo; ow++) {                                                    \
-                    T *restrict a = gx + ((n * H + 2 * oh) * W + 2 * ow) * C;                            \
+        FOR_EACH_WINDOW                                                                                  \
+                    T *restrict a = gx + in;                                                             \
                     T *restrict b = a + C, *restrict c2 = a + W * C, *restrict d = a + W * C + C;        \
-                    const int64_t o = ((n * Ho + oh) * Wo + ow) * C;                                     \
-                    const T *restrict go = g + o, *restrict co = code + o;                               \
+                    const T *restrict go = g + out, *restrict co = code + out;                           \
                     for (int64_t c = 0; c < C; c++) {                                                    \
                         const T k = co[c], v = go[c] == (T)PASS ? 0 : go[c]; /* -0.0 -> +0.0 */          \
                         a[c] = k == (T)(PASS | 0) ? v : 0;                                               \
@@ -81,7 +82,7 @@ DEFINE_FORWARD(fwd_f32_generic, float, uint32_t, float, SAME, IS_NAN_F32)
                         c2[c] = k == (T)(PASS | 2) ? v : 0;                                              \
                         d[c] = k == (T)(PASS | 3) ? v : 0;                                               \
                     }                                                                                    \
-                }                                                                                        \
+        END_WINDOWS                                                                                      \
     }
 DEFINE_BACKWARD(bwd_16_generic, uint16_t, 0x8000u)
 DEFINE_BACKWARD(bwd_32_generic, uint32_t, 0x80000000u)
@@ -101,14 +102,10 @@ AVX512 static inline __m512i key_bf16_x32(__m512i v, __mmask32 *is_nan) {
 /* C % 32 == 0 */
 AVX512 static void fwd_bf16_avx512(const uint16_t *x, uint16_t *y, uint16_t *code, int64_t n0, int64_t n1,
                                    int64_t H, int64_t W, int64_t C, int relu) {
-    const int64_t Ho = H / 2, Wo = W / 2;
     const __m512i zero = _mm512_setzero_si512(), pass = _mm512_set1_epi16((short)0x8000);
-    for (int64_t n = n0; n < n1; n++)
-        for (int64_t oh = 0; oh < Ho; oh++)
-            for (int64_t ow = 0; ow < Wo; ow++) {
-                const uint16_t *a = x + ((n * H + 2 * oh) * W + 2 * ow) * C;
+    FOR_EACH_WINDOW
+                const uint16_t *a = x + in;
                 const uint16_t *p[3] = {a + C, a + W * C, a + W * C + C};
-                const int64_t o = ((n * Ho + oh) * Wo + ow) * C;
                 for (int64_t c = 0; c < C; c += 32) {
                     __mmask32 nan;
                     __m512i mb = _mm512_loadu_si512(a + c), km = key_bf16_x32(mb, &nan), i = zero;
@@ -121,24 +118,20 @@ AVX512 static void fwd_bf16_avx512(const uint16_t *x, uint16_t *y, uint16_t *cod
                     }
                     const __mmask32 keep = relu ? ~_mm512_cmplt_epi16_mask(km, zero) : ~(__mmask32)0;
                     const __mmask32 passes = relu ? _mm512_cmpgt_epi16_mask(km, zero) : ~(__mmask32)0;
-                    _mm512_storeu_si512(y + o + c, _mm512_maskz_mov_epi16(keep, mb));
-                    _mm512_storeu_si512(code + o + c, _mm512_or_si512(i, _mm512_maskz_mov_epi16(passes, pass)));
+                    _mm512_storeu_si512(y + out + c, _mm512_maskz_mov_epi16(keep, mb));
+                    _mm512_storeu_si512(code + out + c, _mm512_or_si512(i, _mm512_maskz_mov_epi16(passes, pass)));
                 }
-            }
+    END_WINDOWS
 }
 
 /* C % 16 == 0 */
 AVX512 static void fwd_f32_avx512(const float *x, float *y, uint32_t *code, int64_t n0, int64_t n1, int64_t H,
                                   int64_t W, int64_t C, int relu) {
-    const int64_t Ho = H / 2, Wo = W / 2;
     const __m512 zero = _mm512_setzero_ps();
     const __m512i pass = _mm512_set1_epi32((int)0x80000000u);
-    for (int64_t n = n0; n < n1; n++)
-        for (int64_t oh = 0; oh < Ho; oh++)
-            for (int64_t ow = 0; ow < Wo; ow++) {
-                const float *a = x + ((n * H + 2 * oh) * W + 2 * ow) * C;
+    FOR_EACH_WINDOW
+                const float *a = x + in;
                 const float *p[3] = {a + C, a + W * C, a + W * C + C};
-                const int64_t o = ((n * Ho + oh) * Wo + ow) * C;
                 for (int64_t c = 0; c < C; c += 16) {
                     __m512 m = _mm512_loadu_ps(a + c);
                     __m512i i = _mm512_setzero_si512();
@@ -150,30 +143,26 @@ AVX512 static void fwd_f32_avx512(const float *x, float *y, uint32_t *code, int6
                     }
                     const __mmask16 neg = relu ? _mm512_cmp_ps_mask(m, zero, _CMP_LT_OQ) : 0;
                     const __mmask16 passes = relu ? _mm512_cmp_ps_mask(m, zero, _CMP_NLE_UQ) : (__mmask16)0xFFFF;
-                    _mm512_storeu_ps(y + o + c, _mm512_mask_mov_ps(m, neg, zero));
-                    _mm512_storeu_si512(code + o + c, _mm512_or_si512(i, _mm512_maskz_mov_epi32(passes, pass)));
+                    _mm512_storeu_ps(y + out + c, _mm512_mask_mov_ps(m, neg, zero));
+                    _mm512_storeu_si512(code + out + c, _mm512_or_si512(i, _mm512_maskz_mov_epi32(passes, pass)));
                 }
-            }
+    END_WINDOWS
 }
 
 #define DEFINE_BACKWARD_AVX512(NAME, T, LANES, SET1, CMPEQ, MASKZ, ALL)                                         \
     AVX512 static void NAME(const T *g, const T *code, T *gx, int64_t n0, int64_t n1, int64_t H, int64_t W, \
                             int64_t C) {                                                                   \
-        const int64_t Ho = H / 2, Wo = W / 2;                                                              \
         const __m512i want[4] = {SET1(0), SET1(1), SET1(2), SET1(3)};                                      \
-        for (int64_t n = n0; n < n1; n++)                                                                  \
-            for (int64_t oh = 0; oh < Ho; oh++)                                                            \
-                for (int64_t ow = 0; ow < Wo; ow++) {                                                      \
-                    T *a = gx + ((n * H + 2 * oh) * W + 2 * ow) * C;                                       \
+        FOR_EACH_WINDOW                                                                                    \
+                    T *a = gx + in;                                                                        \
                     T *p[4] = {a, a + C, a + W * C, a + W * C + C};                                        \
-                    const int64_t o = ((n * Ho + oh) * Wo + ow) * C;                                       \
                     for (int64_t c = 0; c < C; c += LANES) {                                               \
-                        const __m512i k = _mm512_loadu_si512(code + o + c), g0 = _mm512_loadu_si512(g + o + c); \
+                        const __m512i k = _mm512_loadu_si512(code + out + c), g0 = _mm512_loadu_si512(g + out + c); \
                         const __m512i v = MASKZ(~CMPEQ(g0, want[0]) & ALL, g0); /* -0.0 -> +0.0 */            \
                         for (int e = 0; e < 4; e++)                                                        \
                             _mm512_storeu_si512(p[e] + c, MASKZ(CMPEQ(k, want[e]), v));                    \
                     }                                                                                      \
-                }                                                                                          \
+        END_WINDOWS                                                                                        \
     }
 #define SET1_16(e) _mm512_set1_epi16((short)(0x8000 | (e)))
 #define SET1_32(e) _mm512_set1_epi32((int)(0x80000000u | (e)))
