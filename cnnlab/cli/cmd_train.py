@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     from cnnlab.train import NonFiniteLossError, TrainingInterrupted, distributed, train  # noqa: PLC0415
 
     try:
-        train(recipe=args.recipe, config=args.config, resume=args.resume, quiet=args.quiet, **options)
+        train(recipe=args.recipe, config=args.config, resume=args.resume, progress=not args.quiet, **options)
         distributed.shutdown()
     except NonFiniteLossError as e:
         sys.stderr.write(f"cnnlab train: error: {e}\n")

@@ -58,8 +58,8 @@ def resolve_config(options: dict[str, Any], *, recipe: str | None = None, config
 
 def train(model: str | nn.Module | None = None, data: Any = None, *, recipe: str | None = None,
           config: str | Path | TrainConfig | None = None, resume: str | Path | None = None,
-          callbacks: Sequence[Callback] = (), quiet: bool = False, verbose: bool = True, plots: bool = True,
-          **options: Any) -> TrainResult:
+          callbacks: Sequence[Callback] = (), quiet: bool = False, progress: bool = True, verbose: bool = True,
+          plots: bool = True, **options: Any) -> TrainResult:
     """Train a model and write a run directory; returns a `TrainResult` (path, history, model, ...).
 
     Args:
@@ -68,8 +68,9 @@ def train(model: str | nn.Module | None = None, data: Any = None, *, recipe: str
         recipe: a named recipe (`cnnlab.train.recipes.RECIPES`) to start from.
         config: a TOML file of options, or a `TrainConfig`.
         resume: a run directory to continue from its newest readable checkpoint.
-        callbacks: `Callback` objects called at epoch start, step end and epoch end.
-        quiet: no progress bar (one summary line per epoch still prints); `verbose=False` prints nothing.
+        callbacks: `Callback` objects (hooks and their order: `cnnlab.train.callbacks`).
+        quiet: print nothing (no progress bar, no epoch lines); `verbose=False` is its older spelling.
+        progress: draw the progress bar on a terminal; False leaves one summary line per epoch (for logs).
         plots: draw curves.png and confusion.png in the run directory (False saves ~1 s per run).
         **options: any `TrainConfig` field: epochs, batch_size, optimizer, lr, schedule, augment, ...
     """
@@ -84,6 +85,6 @@ def train(model: str | nn.Module | None = None, data: Any = None, *, recipe: str
         cfg = merge(config.to_dict(), given)
     else:
         cfg = resolve_config(given, recipe=recipe, config_file=config, resume=resume)
-    trainer = Trainer(cfg, model=module, data=dataset, resume=resume, callbacks=callbacks, quiet=quiet, verbose=verbose,
-                      plots=plots)
+    trainer = Trainer(cfg, model=module, data=dataset, resume=resume, callbacks=callbacks, quiet=quiet,
+                      progress=progress, verbose=verbose, plots=plots)
     return trainer.fit()

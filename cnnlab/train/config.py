@@ -43,6 +43,7 @@ class TrainConfig:
     image_size: int | None = None  # resize the dataset's images to this side (pixels); None: as stored
     val_fraction: float = 0.0  # > 0: hold out this share of train to pick the best epoch on, not test
     epochs: int = 10
+    max_steps: int | None = None  # train exactly this many optimizer steps instead (the schedule spans them)
     batch_size: int = 128  # global: split across processes under DDP
     eval_batch_size: int = 256  # measured on 2 CPU cores: 1.6-3x the images/s of 1024 (activations stay in cache)
     tta: str = "none"  # test-time augmentation in evaluation (cnnlab.train.tta): none, flip, shift, flip-shift
@@ -101,6 +102,8 @@ class TrainConfig:
             _number("dropout", c.dropout, low=0.0, high=1.0, high_open=True)
         if c.image_size is not None:
             _positive_int("image-size", c.image_size)
+        if c.max_steps is not None:
+            _positive_int("max-steps", c.max_steps)
         if not isinstance(c.checkpoint_every, int) or c.checkpoint_every < 0:
             raise CnnlabError(f"checkpoint-every must be an integer >= 0 (steps), got {c.checkpoint_every!r}")
         if not isinstance(c.seed, int) or isinstance(c.seed, bool):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -16,14 +16,31 @@ from torch import nn
 from cnnlab.errors import CnnlabError
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def _param_groups(params: Iterable[nn.Parameter], weight_decay: float, **options) -> list[dict]:
     """Decay weights of convolutions and linear layers only: decaying biases and batch-norm scales
-    shrinks them towards zero for no regularisation benefit (as in timm and nanoGPT)."""
+    shrinks them towards zero for no regularisation benefit (as in timm and nanoGPT). `options` (a
+    group's own "lr", "name") go to both halves."""
     decay, no_decay = [], []
-    for p in model.parameters():
+    for p in params:
         if p.requires_grad:
             (decay if p.ndim > 1 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [{"params": decay, "weight_decay": weight_decay, **options},
+            {"params": no_decay, "weight_decay": 0.0, **options}]
+
+
+def split_groups(model_or_groups: nn.Module | Sequence[dict], weight_decay: float) -> list[dict]:
+    """Optimizer groups for a model (all its trainable parameters), or for given groups
+    (`{"params": [...], "lr": peak, "name": ...}`, e.g. fine-tuning's per-stage rates), each split in two
+    by `_param_groups`; groups left without parameters are dropped."""
+    if isinstance(model_or_groups, nn.Module):
+        return _param_groups(model_or_groups.parameters(), weight_decay)
+    out = []
+    for group in model_or_groups:
+        options = {k: v for k, v in group.items() if k != "params"}
+        out += [g for g in _param_groups(group["params"], weight_decay, **options) if g["params"]]
+    if not out:
+        raise CnnlabError("no trainable parameters in the given parameter groups")
+    return out
 
 
 def _fast_kwargs(cls: type, device: torch.device) -> dict:
@@ -42,12 +59,13 @@ def _fast_kwargs(cls: type, device: torch.device) -> dict:
 
 
 def build_optimizer(
-    model: nn.Module, name: str, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
+    model: nn.Module | Sequence[dict], name: str, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
     device: torch.device | str = "cpu",
 ) -> torch.optim.Optimizer:
-    """`sgd` (Nesterov momentum), `adam` or `adamw` over the model's trainable parameters."""
+    """`sgd` (Nesterov momentum), `adam` or `adamw` over the model's trainable parameters, or over given
+    parameter groups (`split_groups`); `lr` is the rate of groups that do not bring their own."""
     device = torch.device(device)
-    groups = _param_groups(model, weight_decay)
+    groups = split_groups(model, weight_decay)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0,
                                **_fast_kwargs(torch.optim.SGD, device))
