@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from conftest import run_cli
 from torch import nn
 
+from cnnlab.data.dataset import in_memory_dataset
 from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model
 from cnnlab.transfer import freeze, is_frozen, unfreeze
@@ -41,7 +42,8 @@ def test_frozen_body_unchanged_after_training_head_in_train_mode():
     images = torch.randint(0, 256, (32, 3, 16, 16), dtype=torch.uint8)
     labels = torch.arange(32) % 4
     model.train()  # the trap: train() would normally put BN back into batch-statistics mode
-    fit(model, images, labels, [{"params": list(model.head.parameters()), "lr": 1e-2}], steps=5, batch_size=16)
+    data = in_memory_dataset("random", list("abcd"), "test", (images, labels), (images, labels))
+    fit(model, data, [{"params": list(model.head.parameters()), "lr": 1e-2}], steps=5, batch_size=16, evaluate=False)
     after = _state(model.body)
     assert before.keys() == after.keys() and any("running_mean" in k for k in after)
     for k in before:  # weights AND running statistics AND num_batches_tracked, bit for bit
@@ -52,7 +54,7 @@ def test_frozen_body_unchanged_after_training_head_in_train_mode():
     # Control: the same training unfrozen does move the statistics (so the check above can fail).
     unfreeze(model.body)
     model.train()
-    fit(model, images, labels, [{"params": list(model.parameters()), "lr": 1e-2}], steps=2, batch_size=16)
+    fit(model, data, [{"params": list(model.parameters()), "lr": 1e-2}], steps=2, batch_size=16, evaluate=False)
     assert not torch.equal(before["model.bn1.running_mean"], _state(model.body)["model.bn1.running_mean"])
 
 

@@ -1,8 +1,13 @@
-"""`cnnlab lr-find`: the learning-rate range test (loss against a rising learning rate, a plot, a suggestion)."""
+"""`cnnlab lr-find`: the learning-rate range test (loss against a rising learning rate, a plot, a suggestion).
+
+Writes OUT/lr_find.png and OUT/lr_find.json (default OUT: runs/lr-find-<model>-<data>-<time>) and prints
+the suggested rate as a ready `cnnlab train` command line.
+"""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 ORDER = 44
 
@@ -22,18 +27,22 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--precision", default="auto")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="lr_find.png", help="plot file (default lr_find.png)")
+    p.add_argument("--out", help="output folder for lr_find.png and lr_find.json (default runs/lr-find-<model>-<data>-<time>)")
     p.set_defaults(func=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    from cnnlab.train.lr_find import lr_find  # noqa: PLC0415
+    from cnnlab.train.lr_find import lr_find  # noqa: PLC0415 - torch stays out of `cnnlab --help`
+    from cnnlab.train.run import default_run_name  # noqa: PLC0415
 
+    out = Path(args.out) if args.out else Path("runs") / default_run_name(f"lr-find-{args.model}", args.data)
     result = lr_find(args.model, args.data, start_lr=args.start_lr, end_lr=args.end_lr, steps=args.steps,
                      batch_size=args.batch_size, optimizer=args.optimizer, augment=args.augment,
                      precision=args.precision, device=args.device, seed=args.seed, data_dir=args.data_dir,
-                     plot=args.out)
+                     out=out)
     print(result)
-    print(f"plot: {result.plot}")
+    print(f"wrote {result.plot} and {result.path / 'lr_find.json'}")
+    print("train with it:")
+    print(f"  {result.command()}")
     return 0

@@ -1,9 +1,8 @@
-"""Helpers shared by the experiments: seeded class-balanced subsets, quiet training, progress, counts."""
+"""Helpers shared by the experiments: seeded class-balanced subsets, quiet in-memory training, progress, counts."""
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from torch import nn
@@ -12,6 +11,10 @@ from cnnlab.data.dataset import Dataset
 from cnnlab.data.memory import stratified_sample as stratified_indices  # the experiments' name for it
 from cnnlab.errors import CnnlabError
 from cnnlab.experiments._base import ExperimentContext
+from cnnlab.train import Callback, TrainConfig, Trainer, TrainResult
+from cnnlab.train.evaluate import evaluate_split
+from cnnlab.train.inputs import Preprocess
+from cnnlab.train.precision import resolve_precision
 
 
 def subset_dataset(ds, train_idx, test_idx):
@@ -37,8 +40,6 @@ def monitored_subsets(full, size: dict[str, int], seed: int) -> tuple[Dataset, D
 
 def epoch_progress(ctx: ExperimentContext, label: str):
     """A training callback that advances the experiment's progress line once per epoch."""
-    from cnnlab.train import Callback  # noqa: PLC0415
-
     class EpochStep(Callback):
         def on_epoch_end(self, trainer, epoch, metrics):
             n = len(trainer.dataset.test)
@@ -47,15 +48,18 @@ def epoch_progress(ctx: ExperimentContext, label: str):
     return EpochStep()
 
 
-def final_accuracy(run_path: Path, ds, device: str, split: str = "test") -> float:
-    """Top-1 accuracy of a run's last weights (no selection on the test set) on `ds`'s `split`.
+def final_accuracy(result: TrainResult, ds: Dataset, split: str = "test") -> float:
+    """Top-1 accuracy of a run's final model (no selection on the test set) on `ds`'s `split`.
 
     Training monitors a small test subset each epoch (the trainer evaluates every epoch, and a full
     test set each time would cost a third of the budget); the reported number comes from here, once.
+    `ds` must share the run's training split (its normalisation statistics are the run's).
     """
-    from cnnlab.train import evaluate  # noqa: PLC0415
-
-    return evaluate(run_path, data=ds, which="last", split=split, device=device).accuracy
+    cfg = result.config
+    prec = resolve_precision(cfg.precision, cfg.device, cfg.channels_last)
+    prep = Preprocess(ds.mean, ds.std, prec.device, prec.channels_last)
+    return evaluate_split(result.model, getattr(ds, split), prep, prec, len(ds.classes), list(ds.classes),
+                          cfg.eval_batch_size, cfg.tta).accuracy
 
 
 def plural(n: int, word: str) -> str:
@@ -70,22 +74,20 @@ def subsample(ds: Dataset, train_per_class: int | None, test_per_class: int | No
                           stratified_indices(ds.test.labels, test_per_class, seed + 1))
 
 
-def fit(model: str | nn.Module, data: Dataset, *, device: str = "auto", **options: Any):
-    """Train `model` (a spec, a name or a module) on `data` quietly in a throw-away run directory;
-    returns the `TrainResult` (its `model` stays usable after the directory is gone).
+def fit(model: str | nn.Module, data: Dataset, *, device: str = "auto", callbacks: Sequence[Callback] = (),
+        **options: Any) -> TrainResult:
+    """Train `model` (a spec, a name or a module) on `data` quietly and in memory (no files written);
+    returns the `TrainResult`, whose `model` is the trained model.
 
-    `options` are `TrainConfig` fields (epochs, batch_size, lr, seed, ...). The run's learning-curve
-    and confusion-matrix pictures are skipped: the experiment draws its own picture.
+    `options` are `TrainConfig` fields (epochs, batch_size, lr, seed, augment, ...); `callbacks` are
+    training callbacks (e.g. `epoch_progress`).
     """
-    from cnnlab.train import TrainConfig, Trainer  # noqa: PLC0415
-
-    with tempfile.TemporaryDirectory(prefix="cnnlab-exp-") as tmp:
-        cfg = TrainConfig(**options, device=device, out=str(Path(tmp) / "run"))
-        if isinstance(model, str):
-            cfg.model, module = model, None
-        else:
-            module = model
-        return Trainer(cfg, model=module, data=data, quiet=True, verbose=False, plots=False).fit()
+    cfg = TrainConfig(**options, device=device)
+    if isinstance(model, str):
+        cfg.model, module = model, None
+    else:
+        module = model
+    return Trainer(cfg, model=module, data=data, callbacks=callbacks, save=False, quiet=True).fit()
 
 
 def param_count(model: nn.Module) -> int:

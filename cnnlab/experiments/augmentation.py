@@ -12,7 +12,6 @@ with higher test accuracy and a smaller train-test gap.
 from __future__ import annotations
 
 import math
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from cnnlab.experiments._base import ExperimentContext, Outcome, register_experi
 from cnnlab.experiments._common import (
     epoch_progress,
     final_accuracy,
+    fit,
     monitored_subsets,
     plural,
 )
@@ -90,7 +90,6 @@ def _plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
 def run(ctx: ExperimentContext) -> Outcome:
     """Train `simple_cnn` on 5,000 images without and with each augmentation; compare test accuracy and gap."""
     from cnnlab.data import load_dataset  # noqa: PLC0415
-    from cnnlab.train import train  # noqa: PLC0415
 
     size = SIZES["quick" if ctx.quick else "default"]
     full = load_dataset(ctx.data, data_dir=ctx.data_dir)
@@ -102,19 +101,17 @@ def run(ctx: ExperimentContext) -> Outcome:
     ctx.progress.total = len(to_train) * size["epochs"]
 
     rows: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="cnnlab-augmentation-") as tmp:
-        for i, (label, pipeline) in enumerate(variants):
-            if (label, pipeline) not in to_train:
-                rows.append({"augmentation": label, "pipeline": f"{pipeline} (no-op here: not trained)",
-                             "test": None, "train": None, "gap": None, "delta": None})
-                continue
-            result = train(model=MODEL, data=ds, epochs=size["epochs"], augment=pipeline, **RECIPE, seed=ctx.seed,
-                           device=ctx.device, out=str(Path(tmp) / f"run{i}"), verbose=False, quiet=True, plots=False,
-                           callbacks=[epoch_progress(ctx, label)])
-            test_acc = final_accuracy(result.path, test, ctx.device)
-            train_acc = final_accuracy(result.path, ds, ctx.device, split="train")
-            rows.append({"augmentation": label, "pipeline": pipeline, "test": test_acc, "train": train_acc,
-                         "gap": train_acc - test_acc, "delta": None})
+    for label, pipeline in variants:
+        if (label, pipeline) not in to_train:
+            rows.append({"augmentation": label, "pipeline": f"{pipeline} (no-op here: not trained)",
+                         "test": None, "train": None, "gap": None, "delta": None})
+            continue
+        result = fit(MODEL, ds, device=ctx.device, epochs=size["epochs"], augment=pipeline, **RECIPE, seed=ctx.seed,
+                     callbacks=[epoch_progress(ctx, label)])
+        test_acc = final_accuracy(result, test)
+        train_acc = final_accuracy(result, ds, split="train")
+        rows.append({"augmentation": label, "pipeline": pipeline, "test": test_acc, "train": train_acc,
+                     "gap": train_acc - test_acc, "delta": None})
     base = rows[0]
     for r in rows:
         if r["test"] is not None:

@@ -13,7 +13,6 @@ the block's 256-channel map small, then one residual block, global average pooli
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from torch import nn
 
 from cnnlab.errors import CnnlabError
 from cnnlab.experiments._base import ExperimentContext, Outcome, register_experiment
-from cnnlab.experiments._common import epoch_progress, plural, stratified_indices, subset_dataset
+from cnnlab.experiments._common import epoch_progress, fit, plural, stratified_indices, subset_dataset
 from cnnlab.models._base import ConvNet
 
 WIDTH, MID = 256, 64  # the lecture's block: 256 channels in and out, 64 inside the bottleneck
@@ -159,7 +158,6 @@ def _plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
 def run(ctx: ExperimentContext) -> Outcome:
     """Train the same small ResNet with a plain 3x3 block and with a bottleneck block; compare cost and accuracy."""
     from cnnlab.data import load_dataset  # noqa: PLC0415
-    from cnnlab.train import train  # noqa: PLC0415
 
     size = SIZES["quick" if ctx.quick else "default"]
     full = load_dataset(ctx.data, data_dir=ctx.data_dir)
@@ -172,21 +170,20 @@ def run(ctx: ExperimentContext) -> Outcome:
     ctx.progress.total = len(PUBLISHED) * size["epochs"]
 
     rows: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="cnnlab-bottleneck-") as tmp:
-        for kind in PUBLISHED:
-            torch.manual_seed(ctx.seed)  # the stem and head start from the same weights in both nets
-            model = BottleneckNet(kind, num_classes=k, in_channels=c)
-            count = block_conv_params(model)
-            if count != PUBLISHED[kind]:  # the whole point of the table: refuse to report a wrong count
-                raise RuntimeError(f"{kind} block has {count:,} conv weights, the lecture says {PUBLISHED[kind]:,}")
-            with torch.device("meta"):
-                costs = _costs(BottleneckNet(kind, num_classes=k, in_channels=c), ds.input_size)
-            result = train(model=model, data=ds, epochs=size["epochs"], **RECIPE, seed=ctx.seed, device=ctx.device,
-                           out=str(Path(tmp) / kind), verbose=False, quiet=True, plots=False, callbacks=[epoch_progress(ctx, kind)])
-            seconds = sum(h["train_seconds"] for h in result.history)
-            rows.append({"block": kind, "block_params": count, "block_macs": costs["block_macs"],
-                         "params": costs["params"], "macs": costs["macs"],
-                         "accuracy": result.history[-1]["test_accuracy"], "train_s": seconds})
+    for kind in PUBLISHED:
+        torch.manual_seed(ctx.seed)  # the stem and head start from the same weights in both nets
+        model = BottleneckNet(kind, num_classes=k, in_channels=c)
+        count = block_conv_params(model)
+        if count != PUBLISHED[kind]:  # the whole point of the table: refuse to report a wrong count
+            raise RuntimeError(f"{kind} block has {count:,} conv weights, the lecture says {PUBLISHED[kind]:,}")
+        with torch.device("meta"):
+            costs = _costs(BottleneckNet(kind, num_classes=k, in_channels=c), ds.input_size)
+        result = fit(model, ds, device=ctx.device, epochs=size["epochs"], **RECIPE, seed=ctx.seed,
+                     callbacks=[epoch_progress(ctx, kind)])
+        seconds = sum(h["train_seconds"] for h in result.history)
+        rows.append({"block": kind, "block_params": count, "block_macs": costs["block_macs"],
+                     "params": costs["params"], "macs": costs["macs"],
+                     "accuracy": result.history[-1]["test_accuracy"], "train_s": seconds})
 
     plain, bottle = rows
     ratio = plain["block_params"] / bottle["block_params"]

@@ -12,7 +12,6 @@ and the widths scaled down; LeNet-5 and ResNet-20 are the zoo's own models.
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from cnnlab.experiments._base import ExperimentContext, Outcome, register_experi
 from cnnlab.experiments._common import (
     epoch_progress,
     final_accuracy,
+    fit,
     monitored_subsets,
     plural,
 )
@@ -117,7 +117,6 @@ def _plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
 def run(ctx: ExperimentContext) -> Outcome:
     """Train LeNet-5, an AlexNet-style, a VGG-style net and ResNet-20 with one recipe; compare cost and accuracy."""
     from cnnlab.data import load_dataset  # noqa: PLC0415
-    from cnnlab.train import train  # noqa: PLC0415
 
     size = SIZES["quick" if ctx.quick else "default"]
     full = load_dataset(ctx.data, data_dir=ctx.data_dir, image_size=IMAGE_SIZE)
@@ -127,16 +126,13 @@ def run(ctx: ExperimentContext) -> Outcome:
     ctx.progress.total = len(CLASSICS) * size["epochs"]
 
     rows: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="cnnlab-classics-") as tmp:
-        for classic, (params, macs) in zip(CLASSICS, costs, strict=True):
-            result = train(model=_model_text(classic, k), data=ds, epochs=size["epochs"], **RECIPE,
-                           extra=dict(classic.options), seed=ctx.seed, device=ctx.device,
-                           out=str(Path(tmp) / classic.label), verbose=False, quiet=True, plots=False,
-                           callbacks=[epoch_progress(ctx, classic.label)])
-            seconds = sum(h["train_seconds"] for h in result.history)
-            rows.append({"model": classic.label, "year": classic.year, "params": params, "macs": macs,
-                         "accuracy": final_accuracy(result.path, test, ctx.device), "train_s": seconds,
-                         "img_s": len(ds.train) * size["epochs"] / seconds, "top5": classic.top5})
+    for classic, (params, macs) in zip(CLASSICS, costs, strict=True):
+        result = fit(_model_text(classic, k), ds, device=ctx.device, epochs=size["epochs"], **RECIPE,
+                     extra=dict(classic.options), seed=ctx.seed, callbacks=[epoch_progress(ctx, classic.label)])
+        seconds = sum(h["train_seconds"] for h in result.history)
+        rows.append({"model": classic.label, "year": classic.year, "params": params, "macs": macs,
+                     "accuracy": final_accuracy(result, test), "train_s": seconds,
+                     "img_s": len(ds.train) * size["epochs"] / seconds, "top5": classic.top5})
 
     acc = [r["accuracy"] for r in rows]
     rises = [b > a for a, b in zip(acc[:-1], acc[1:], strict=True)]

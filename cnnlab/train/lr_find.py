@@ -3,23 +3,28 @@
 Train a fresh model for a few hundred steps while the learning rate rises exponentially from `start_lr`
 to `end_lr`; record the (exponentially smoothed) loss; stop once it exceeds `diverge` times its minimum.
 The suggested rate is where the loss falls fastest per decade of learning rate, before its minimum.
+
+It is a short Trainer run in memory (the same training step as every run: autocast, channels_last,
+augmentation) with the rising rate as its schedule and `LrSweep`, a callback that records the loss and
+ends training when it diverges. With `out`, the curve goes to OUT/lr_find.png and OUT/lr_find.json.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import shlex
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import torch
-import torch.nn.functional as F
+from torch import nn
 
 from cnnlab.errors import CnnlabError
+from cnnlab.train.callbacks import Callback
+from cnnlab.train.checkpoint import atomic_write_json
 from cnnlab.train.config import TrainConfig
-from cnnlab.train.inputs import Preprocess, load_data, parse_augment
-from cnnlab.train.optim import build_optimizer, set_lr
-from cnnlab.train.precision import resolve_precision
-from cnnlab.train.run import build_model, check_model_fits
+from cnnlab.train.loop import Trainer
+from cnnlab.train.step import NonFiniteLossError
 
 
 @dataclass
@@ -28,11 +33,41 @@ class LrFindResult:
     losses: list[float]  # smoothed training loss after each step (nats)
     suggestion: float  # steepest descent of the smoothed loss
     min_loss_lr: float  # rate at the lowest smoothed loss (divide by ~10 for a safe peak rate)
+    path: Path | None = None  # the folder lr_find.png and lr_find.json were written to
     plot: Path | None = None
+    train_options: dict[str, Any] = field(default_factory=dict)  # `cnnlab train` flags that go with the rate
 
     def __str__(self) -> str:
         return (f"suggested lr {self.suggestion:.2e} (steepest descent); lowest loss at {self.min_loss_lr:.2e} "
                 f"(a tenth of it: {self.min_loss_lr / 10:.2e}); {len(self.lrs)} steps")
+
+    def command(self) -> str:
+        """The `cnnlab train` command line that trains with the suggested rate (same model, data, optimizer, batch)."""
+        words = ["cnnlab", "train"]
+        for flag, value in self.train_options.items():
+            words += [f"--{flag}", str(value)]
+        return shlex.join(words + ["--lr", f"{self.suggestion:.3g}"])
+
+
+class LrSweep(Callback):
+    """Records each step's learning rate and bias-corrected, exponentially smoothed loss; sets
+    `trainer.stop_training` once the smoothed loss exceeds `diverge` times its minimum."""
+
+    def __init__(self, smoothing: float = 0.98, diverge: float = 4.0):
+        self.smoothing, self.diverge = smoothing, diverge
+        self.lrs: list[float] = []
+        self.losses: list[float] = []
+        self._avg, self._best = 0.0, math.inf
+
+    def on_step_end(self, trainer: Trainer, epoch: int, step: int) -> None:
+        value = float(trainer.last_step.loss)  # one float per step: this is a diagnostic, not a training run
+        self._avg = self.smoothing * self._avg + (1 - self.smoothing) * value
+        smoothed = self._avg / (1 - self.smoothing ** (len(self.losses) + 1))  # bias correction, as in Adam
+        self.lrs.append(trainer.optimizer.param_groups[0]["lr"])
+        self.losses.append(smoothed)
+        self._best = min(self._best, smoothed)
+        if smoothed > self.diverge * self._best:
+            trainer.stop_training = True
 
 
 def suggest(lrs: list[float], losses: list[float]) -> tuple[float, float]:
@@ -46,67 +81,50 @@ def suggest(lrs: list[float], losses: list[float]) -> tuple[float, float]:
     return lrs[i_steep], lrs[i_min]
 
 
-def lr_find(model: str = "simple_cnn", data="fashion-mnist", *, start_lr: float = 1e-7, end_lr: float = 10.0,
-            steps: int = 100, batch_size: int = 128, optimizer: str = "adamw", weight_decay: float | None = None,
-            momentum: float = 0.9, augment: str = "none", precision: str = "auto", device: str = "auto",
-            seed: int = 0, data_dir=None, image_size: int | None = None, extra: dict | None = None,
-            diverge: float = 4.0, smoothing: float = 0.98, plot: str | Path | None = "lr_find.png") -> LrFindResult:
-    """Run the range test; writes `plot` (a PNG of loss against learning rate) unless it is None."""
+def lr_find(model: str | nn.Module = "simple_cnn", data: Any = "fashion-mnist", *, start_lr: float = 1e-7,
+            end_lr: float = 10.0, steps: int = 100, batch_size: int = 128, optimizer: str = "adamw",
+            weight_decay: float | None = None, momentum: float = 0.9, augment: str = "none", precision: str = "auto",
+            device: str = "auto", seed: int = 0, data_dir=None, image_size: int | None = None,
+            extra: dict | None = None, diverge: float = 4.0, smoothing: float = 0.98,
+            out: str | Path | None = None) -> LrFindResult:
+    """Run the range test; with `out`, write OUT/lr_find.png (loss against learning rate) and OUT/lr_find.json."""
     if not (isinstance(start_lr, (int, float)) and isinstance(end_lr, (int, float)) and 0 < start_lr < end_lr):
         raise CnnlabError(f"need 0 < start-lr < end-lr, got start-lr {start_lr!r} and end-lr {end_lr!r}")
     if not isinstance(steps, int) or steps < 5:
         raise CnnlabError(f"steps must be an integer >= 5, got {steps!r}")
-    cfg = TrainConfig(model=model if isinstance(model, str) else "custom", batch_size=batch_size, optimizer=optimizer,
-                      lr=start_lr, weight_decay=weight_decay, momentum=momentum, augment=augment,
-                      precision=precision, device=device, seed=seed).resolved()
-    prec = resolve_precision(cfg.precision, cfg.device)
-    aug = parse_augment(cfg.augment)
-    ds = load_data(data, data_dir=data_dir, image_size=image_size, seed=seed)
-    torch.manual_seed(seed)
-    net = model if not isinstance(model, str) else build_model(model, tuple(ds.input_size), len(ds.classes), extra)
-    check_model_fits(net, tuple(ds.input_size), len(ds.classes), f"'{cfg.model}'")
-    net = net.to(prec.device).train()
-    if prec.channels_last:
-        net = net.to(memory_format=torch.channels_last)
-    opt = build_optimizer(net, cfg.optimizer, start_lr, cfg.momentum, cfg.weight_decay, prec.device)
-    prep = Preprocess(ds.mean, ds.std, prec.device, prec.channels_last)
-    gen = torch.Generator(device=prec.device).manual_seed(seed)
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise CnnlabError(f"--out '{out}' is a file; give a folder for lr_find.png and lr_find.json")
+    cfg = TrainConfig(model=model if isinstance(model, str) else "custom", data=data if isinstance(data, str) else "custom",
+                      data_dir=data_dir, image_size=image_size, batch_size=batch_size, optimizer=optimizer, lr=start_lr,
+                      weight_decay=weight_decay, momentum=momentum, augment=augment, precision=precision, device=device,
+                      seed=seed, schedule="constant", warmup=0.0, max_steps=steps, extra=dict(extra or {}))
     factor = (end_lr / start_lr) ** (1.0 / (steps - 1))
-
-    lrs, losses, avg, best = [], [], 0.0, math.inf
-    step, epoch = 0, 0
-    while step < steps:
-        for images, labels in ds.train.batches(cfg.batch_size, shuffle=True, seed=seed, epoch=epoch,
-                                               drop_last=True, device=prec.device):
-            lr = start_lr * factor**step
-            set_lr(opt, lr)
-            with prec.autocast():
-                logits = net(prep(images, aug, gen))
-            loss = F.cross_entropy(logits.float(), labels)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            value = float(loss.detach())  # one float per step: this is a diagnostic, not the training loop
-            if not math.isfinite(value):
-                break
-            avg = smoothing * avg + (1 - smoothing) * value
-            smoothed = avg / (1 - smoothing ** (step + 1))  # bias correction, as in Adam
-            lrs.append(lr)
-            losses.append(smoothed)
-            best = min(best, smoothed)
-            step += 1
-            if step >= steps or smoothed > diverge * best:
-                break
-        else:
-            epoch += 1
-            continue
-        break
-    if len(lrs) < 3:
-        raise CnnlabError(f"the loss diverged after {len(lrs)} steps; lower --start-lr (now {start_lr:g})")
-    steep, at_min = suggest(lrs, losses)
-    result = LrFindResult(lrs, losses, steep, at_min)
-    if plot is not None:
-        result.plot = _plot(result, Path(plot), cfg.model)
+    sweep = LrSweep(smoothing, diverge)
+    trainer = Trainer(cfg, model=None if isinstance(model, str) else model, data=None if isinstance(data, str) else data,
+                      schedule=lambda step: start_lr * factor**step, save=False, evaluate=False, quiet=True,
+                      callbacks=[sweep])
+    try:
+        trainer.fit()
+    except NonFiniteLossError:
+        pass  # the rate is past divergence: the curve so far is the answer
+    if len(sweep.lrs) < 3:
+        raise CnnlabError(f"the loss diverged after {len(sweep.lrs)} steps; lower --start-lr (now {start_lr:g})")
+    steep, at_min = suggest(sweep.lrs, sweep.losses)
+    options = {"model": trainer.config.model, "data": trainer.config.data}
+    if data_dir:
+        options["data-dir"] = data_dir
+    options.update({"optimizer": trainer.config.optimizer, "batch-size": batch_size})
+    if trainer.augment is not None:
+        options["augment"] = augment
+    result = LrFindResult(sweep.lrs, sweep.losses, steep, at_min, train_options=options)
+    if out is not None:
+        result.path = Path(out)
+        result.plot = _plot(result, result.path / "lr_find.png", trainer.config.model)
+        atomic_write_json(result.path / "lr_find.json", {
+            "suggestion": steep, "min_loss_lr": at_min, "command": result.command(), "lrs": result.lrs,
+            "smoothed_losses": result.losses, "settings": {"start_lr": start_lr, "end_lr": end_lr, "steps": steps,
+                                                           "diverge": diverge, "smoothing": smoothing,
+                                                           "config": trainer.config.to_dict()}})
     return result
 
 

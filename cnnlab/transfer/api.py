@@ -17,6 +17,7 @@ only), beat a probe on raw pixels. "Large" is at least `large_per_class` trainin
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.transfer.adapt import make_adapter
 from cnnlab.transfer.backbone import Backbone, Truncated, check_layer, cut, cut_points, load_backbone
 from cnnlab.transfer.features import cached_features
-from cnnlab.transfer.finetune import Classifier, accuracy, finetune, fit
+from cnnlab.transfer.finetune import Classifier, finetune, fit
 from cnnlab.transfer.heads import HEADS, cv_accuracy, fit_head
 
 STRATEGIES = ("features", "finetune", "retrain", "auto")
@@ -81,6 +82,7 @@ class _Session:
     def __init__(self, backbone: Backbone, ds, train, *, image_size, cache_dir, device, precision, seed,
                  steps, lr, batch_size, log):
         self.backbone, self.ds, self.train = backbone, ds, train
+        self.data = dataclasses.replace(ds, train=train, val=None)  # what fine-tuning and retraining train on
         self.adapter = make_adapter(ds.input_size, backbone, ds.mean, ds.std, image_size)
         self.cache_dir, self.device, self.precision = cache_dir, device, precision
         self.seed, self.steps, self.lr, self.batch_size, self.log = seed, steps, lr, batch_size, log
@@ -120,9 +122,9 @@ class _Session:
         t0 = time.perf_counter()
         model = self._classifier(cut(self.backbone, layer))
         head_steps = max(self.steps // 4, 1)
-        reports = finetune(model, self.train.images, self.train.labels, lr=self.lr, head_steps=head_steps,
-                           body_steps=self.steps, batch_size=self.batch_size, seed=self.seed)
-        acc = accuracy(model, self.ds.test.images, self.ds.test.labels)
+        reports = finetune(model, self.data, lr=self.lr, head_steps=head_steps, body_steps=self.steps,
+                           batch_size=self.batch_size, seed=self.seed, device=self.device, precision=self.precision)
+        acc = reports[1].test_accuracy
         rates = reports[1].rates
         note = (f"{head_steps} head steps at lr {self.lr:g}, then {self.steps} steps, body lr "
                 f"{min(rates.values()):.1e}..{max(v for k, v in rates.items() if k != 'head'):.1e}")
@@ -132,9 +134,10 @@ class _Session:
         t0 = time.perf_counter()
         model = self._classifier(body)
         lr = self.lr  # every layer at the head's rate: a from-scratch rate for AdamW
-        fit(model, self.train.images, self.train.labels, [{"params": list(model.parameters()), "lr": lr}],
-            steps=self.steps + max(self.steps // 4, 1), batch_size=self.batch_size, seed=self.seed)
-        acc = accuracy(model, self.ds.test.images, self.ds.test.labels)
+        report = fit(model, self.data, [{"params": list(model.parameters()), "lr": lr}],
+                     steps=self.steps + max(self.steps // 4, 1), batch_size=self.batch_size, seed=self.seed,
+                     device=self.device, precision=self.precision)
+        acc = report.test_accuracy
         return self.row(method, "linear", layer, acc, time.perf_counter() - t0, f"{note}, lr {lr:g}")
 
     def run_retrain(self, layer: str) -> dict[str, Any]:

@@ -5,17 +5,23 @@ The network is `Classifier(adapter, body, head)`: the input adapter, the backbon
 (`Truncated`), and a fresh `nn.Linear`. Per-stage learning rates (discriminative fine-tuning, Howard &
 Ruder 2018): the head gets `lr`, the last stage of the body `lr * body_factor`, each earlier stage
 `stage_decay` times less than the one after it; earlier layers are more generic and should move less.
+Training runs through the Trainer (`fit`), so precision, channels_last, augmentation and label
+smoothing apply as in `cnnlab train`.
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
+import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from cnnlab.data.dataset import Dataset
+from cnnlab.train.config import TrainConfig
+from cnnlab.train.loop import Trainer
 from cnnlab.transfer.freeze import freeze, unfreeze
 
 
@@ -63,66 +69,45 @@ def stage_param_groups(body: nn.Module, head: nn.Module, lr: float, body_factor:
 class FitReport:
     steps: int
     seconds: float
-    final_loss: float
-    rates: dict[str, float]
+    final_loss: float  # mean training loss (nats) of the last epoch's batches
+    rates: dict[str, float]  # peak learning rate of each group, by name
+    test_accuracy: float | None = None  # on the data's test split after the last step, when evaluated
 
 
-def fit(model: Classifier, images: torch.Tensor, labels: torch.Tensor, groups: list[dict], *, steps: int,
-        batch_size: int = 64, weight_decay: float = 5e-4, seed: int = 0, augment=None) -> FitReport:
-    """AdamW over `groups` for `steps` steps with a cosine schedule (each group from its own peak rate).
+def fit(model: Classifier, data: Dataset, groups: list[dict], *, steps: int, batch_size: int = 64,
+        weight_decay: float = 5e-4, seed: int = 0, augment: str = "none", label_smoothing: float = 0.0,
+        precision: str = "auto", device: str = "cpu", channels_last: bool = True, evaluate: bool = True) -> FitReport:
+    """AdamW over `groups` for `steps` steps with a cosine schedule (each group from its own peak rate),
+    then the test split's accuracy (unless `evaluate=False`); the model is left in eval mode.
 
-    Minibatches are drawn from the uint8 images (N, C, H, W) by a seeded permutation per epoch.
+    It trains through the Trainer, in memory: the same step as `cnnlab train` (autocast in `precision`,
+    channels_last, the `augment` pipeline, label smoothing; weight decay on weights, not biases), batches
+    of the uint8 images (N, C, H, W) of `data.train` in a seeded order per epoch. The Trainer only scales
+    them to [0, 1]: the model's adapter normalises with the backbone's statistics.
     """
-    import time  # noqa: PLC0415
-
     t0 = time.perf_counter()
-    opt = torch.optim.AdamW(groups, weight_decay=weight_decay)
-    peaks = [g["lr"] for g in opt.param_groups]
-    g = torch.Generator().manual_seed(seed)
-    aug_gen = torch.Generator().manual_seed(seed + 1)
-    model.train()
-    n = len(images)
-    bs = min(batch_size, n)
-    order = torch.randperm(n, generator=g)
-    pos, loss = 0, torch.tensor(float("nan"))
-    for step in range(steps):
-        if pos + bs > n:
-            order, pos = torch.randperm(n, generator=g), 0
-        idx = order[pos:pos + bs]
-        pos += bs
-        x, y = images[idx], labels[idx]
-        if augment is not None:
-            x = augment(x, generator=aug_gen)
-        scale = 0.5 * (1 + math.cos(math.pi * step / max(steps, 1)))
-        for group, peak in zip(opt.param_groups, peaks, strict=True):
-            group["lr"] = peak * scale
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    c = data.input_size[0]
+    unit = dataclasses.replace(data, mean=(0.0,) * c, std=(1.0,) * c)  # (x - 0) / 1: the adapter normalises
+    cfg = TrainConfig(batch_size=batch_size, optimizer="adamw", lr=max(g["lr"] for g in groups), momentum=0.9,
+                      weight_decay=weight_decay, schedule="cosine", warmup=0.0, max_steps=steps, seed=seed,
+                      augment=augment, label_smoothing=label_smoothing, precision=precision, device=device,
+                      channels_last=channels_last)
+    result = Trainer(cfg, model=model, data=unit, param_groups=groups, save=False, evaluate=evaluate, quiet=True).fit()
     model.eval()
-    return FitReport(steps, time.perf_counter() - t0, float(loss.detach()), {gr.get("name", "?"): p for gr, p in zip(groups, peaks, strict=True)})
+    return FitReport(steps, time.perf_counter() - t0, result.history[-1]["train_loss"],
+                     {g.get("name", "?"): g["lr"] for g in groups}, result.history[-1]["test_accuracy"])
 
 
-@torch.no_grad()
-def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 512) -> float:
-    """Share of correct top-1 predictions on uint8 images (N, C, H, W), eval mode."""
-    model.eval()
-    correct = 0
-    for s in range(0, len(images), batch_size):
-        correct += int((model(images[s:s + batch_size]).argmax(1) == labels[s:s + batch_size]).sum())
-    return correct / max(len(images), 1)
-
-
-def finetune(model: Classifier, images: torch.Tensor, labels: torch.Tensor, *, lr: float = 1e-3,
-             head_steps: int = 100, body_steps: int = 300, body_factor: float = 0.1, stage_decay: float = 0.5,
-             batch_size: int = 64, seed: int = 0, augment=None) -> list[FitReport]:
+def finetune(model: Classifier, data: Dataset, *, lr: float = 1e-3, head_steps: int = 100, body_steps: int = 300,
+             body_factor: float = 0.1, stage_decay: float = 0.5, batch_size: int = 64, seed: int = 0,
+             **options: Any) -> list[FitReport]:
     """Stage 1: the body frozen (BN statistics too), only the head trains, so the random head's large
-    early gradients do not wreck the pretrained features. Stage 2: everything trains, per-stage rates."""
+    early gradients do not wreck the pretrained features. Stage 2: everything trains, per-stage rates;
+    the second report carries the test accuracy. `options` go to `fit` (precision, device, augment, ...)."""
     freeze(model.body)
-    r1 = fit(model, images, labels, [{"params": list(model.head.parameters()), "lr": lr, "name": "head"}],
-             steps=head_steps, batch_size=batch_size, seed=seed, augment=augment)
+    r1 = fit(model, data, [{"params": list(model.head.parameters()), "lr": lr, "name": "head"}],
+             steps=head_steps, batch_size=batch_size, seed=seed, evaluate=False, **options)
     unfreeze(model.body)
     groups = stage_param_groups(model.body, model.head, lr, body_factor, stage_decay)
-    r2 = fit(model, images, labels, groups, steps=body_steps, batch_size=batch_size, seed=seed + 7, augment=augment)
+    r2 = fit(model, data, groups, steps=body_steps, batch_size=batch_size, seed=seed + 7, **options)
     return [r1, r2]

@@ -16,6 +16,8 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError
+from cnnlab.train.precision import resolve_precision
+from cnnlab.train.step import TrainStep
 
 HEADS = ("logreg", "svm", "linear", "mlp")
 C_GRID = (1e-3, 1e-2, 1e-1, 1.0)  # sklearn's C: inverse L2 strength, per sample sum
@@ -137,13 +139,13 @@ def fit_head(kind: str, x: torch.Tensor, y: torch.Tensor, *, num_classes: int | 
     head: nn.Module = (nn.Linear(d, n_classes) if kind == "linear"
                        else nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Dropout(0.5), nn.Linear(hidden, n_classes)))
     opt = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=0.05)
-    for _ in range(epochs):
-        opt.zero_grad(set_to_none=True)
-        loss = nn.functional.cross_entropy(head(z), y)
-        loss.backward()
-        opt.step()
+    # the training step every cnnlab loop runs (fp32 here: a few hundred rows of features on the CPU)
+    step = TrainStep(head.train(), opt, resolve_precision("fp32", "cpu", channels_last=False))
+    out = None
+    for epoch in range(epochs):  # full batch: one step per epoch
+        out = step(z, y, epoch)
     head.eval()
-    return FittedHead(kind, head, mean, std, {"epochs": epochs, "train_loss": float(loss)})
+    return FittedHead(kind, head, mean, std, {"epochs": epochs, "train_loss": float(out.loss) if out else float("nan")})
 
 
 def cv_accuracy(x: torch.Tensor, y: torch.Tensor, *, seed: int = 0, c: float = 0.1) -> float:
