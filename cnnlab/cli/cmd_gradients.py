@@ -29,7 +29,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="folder holding the dataset's files")
     p.add_argument("--steps", type=int, default=40, help="training steps per model (default 40)")
     p.add_argument("--batch-size", type=int, default=64, help="images per step (default 64)")
-    p.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"), help="sgd (momentum 0.9, default) or adam")
+    p.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"), help="sgd (Nesterov momentum 0.9, default) or adam")
     p.add_argument("--lr", type=float, help="learning rate, constant (default 0.05 sgd, 1e-3 adam)")
     p.add_argument("--init-scale", type=float, default=1.0, help="multiplies the Kaiming init's std (default 1)")
     p.add_argument("--no-batch-norm", dest="batch_norm", action="store_false", help="build the models without BN")

@@ -116,8 +116,3 @@ def build_schedule(name: str, peak_lr: float, total_steps: int, warmup_steps: in
     else:
         raise CnnlabError(f"unknown schedule '{name}'; choose one of: onecycle, cosine, step, constant")
     return lr
-
-
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
