@@ -30,7 +30,7 @@ WORKER = textwrap.dedent(
             if fail and attempt == 0 and rank == 1 and (epoch, step) == (1, 3):
                 os._exit(17)  # a crash in epoch 2, after the epoch-1 checkpoint
 
-    result = train(**OPTS, out=out, verbose=rank == 0, quiet=True, callbacks=[DieOnce()])
+    result = train(**OPTS, out=out, quiet=rank != 0, progress=False, callbacks=[DieOnce()])
     torch.save({k: v.cpu() for k, v in result.model.state_dict().items()}, f"{out}/rank{rank}.pt")
     print(f"rank {rank} attempt {attempt} done")
     """

@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import nn
 
-from cnnlab.data.dataset import Dataset
+from cnnlab.data.dataset import Dataset, in_memory_dataset
 from cnnlab.data.memory import stratified_sample as stratified_indices  # the experiments' name for it
 from cnnlab.errors import CnnlabError
 from cnnlab.experiments._base import ExperimentContext
@@ -22,8 +22,6 @@ def subset_dataset(ds, train_idx, test_idx):
 
     The normalisation statistics are recomputed from the kept training images, as a training run would.
     """
-    from cnnlab.data.dataset import in_memory_dataset  # noqa: PLC0415
-
     if not hasattr(ds.train, "images") or not hasattr(ds.test, "images"):
         raise CnnlabError(f"this experiment needs a dataset held in memory; '{ds.name}' is streamed from disk")
     return in_memory_dataset(ds.name, ds.classes, ds.source, (ds.train.images[train_idx], ds.train.labels[train_idx]),
