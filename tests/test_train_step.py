@@ -11,6 +11,7 @@ import os
 import shlex
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,8 @@ from cnnlab.train.step import NonFiniteLossError
 
 
 def _files(folder: Path) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+    """Everything below `folder`, but torch's own compile cache (`torchinductor_<user>` in the temp folder)."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if "torchinductor_" not in str(p))
 
 
 def test_step_is_smoothed_cross_entropy_then_one_sgd_update():
@@ -87,8 +89,8 @@ def test_in_memory_trainer_writes_no_file(tmp_path, monkeypatch):
     work = tmp_path / "cwd"
     work.mkdir()
     monkeypatch.chdir(work)
-    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))  # a temporary run folder would land here
     (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # a temporary run folder would land here
     before = _files(tmp_path)
     cfg = TrainConfig(model="simple_cnn", data="digits", epochs=2, batch_size=64, lr=3e-3, monitor_gradients=True)
     result = Trainer(cfg, save=False, quiet=True).fit()
@@ -191,3 +193,25 @@ def test_cli_lr_find_writes_into_out_only_and_prints_a_train_command(tmp_path):
     assert args.model == "simple_cnn" and args.data == "digits" and args.batch_size == 64
     assert args.lr == pytest.approx(saved["suggestion"], rel=5e-3)
     assert 1e-5 <= saved["suggestion"] <= 1 and len(saved["lrs"]) == len(saved["smoothed_losses"]) >= 3
+
+
+def test_experiments_train_in_memory(tmp_path, monkeypatch):
+    """`experiments._common.fit` leaves no run folder, not even a temporary one; `final_accuracy` evaluates
+    the returned model, checked against an independent fp32 count."""
+    from cnnlab.experiments._common import final_accuracy, fit, subsample
+
+    work, tmp = tmp_path / "cwd", tmp_path / "tmp"
+    work.mkdir()
+    tmp.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))  # where a TemporaryDirectory would be made
+    made, mkdtemp = [], tempfile.mkdtemp  # ... and removed again: count the folders made meanwhile
+    monkeypatch.setattr(tempfile, "mkdtemp", lambda *a, **k: made.append(mkdtemp(*a, **k)) or made[-1])
+    ds = subsample(load_dataset("digits"), 40, 20, seed=0)
+    result = fit("conv3x3-8 maxpool2 fc10", ds, device="cpu", epochs=3, batch_size=50, lr=3e-3, seed=0)
+    assert _files(tmp_path) == ["cwd", "tmp"] and made == [] and result.path is None
+    model = result.model.float().eval()
+    with torch.no_grad():
+        x = (ds.test.images.float() / 255 - ds.mean[0]) / ds.std[0]
+        expected = float((model(x).argmax(1) == ds.test.labels).float().mean())
+    assert final_accuracy(result, ds) == pytest.approx(expected, abs=3 / len(ds.test))  # bf16 may flip a few
