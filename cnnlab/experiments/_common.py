@@ -8,10 +8,11 @@ from typing import Any
 
 from torch import nn
 
-from cnnlab.data.dataset import Dataset
+from cnnlab.data.dataset import Dataset, in_memory_dataset
 from cnnlab.data.memory import stratified_sample as stratified_indices  # the experiments' name for it
 from cnnlab.errors import CnnlabError
 from cnnlab.experiments._base import ExperimentContext
+from cnnlab.train import Callback, TrainConfig, Trainer, evaluate
 
 
 def subset_dataset(ds, train_idx, test_idx):
@@ -19,8 +20,6 @@ def subset_dataset(ds, train_idx, test_idx):
 
     The normalisation statistics are recomputed from the kept training images, as a training run would.
     """
-    from cnnlab.data.dataset import in_memory_dataset  # noqa: PLC0415
-
     if not hasattr(ds.train, "images") or not hasattr(ds.test, "images"):
         raise CnnlabError(f"this experiment needs a dataset held in memory; '{ds.name}' is streamed from disk")
     return in_memory_dataset(ds.name, ds.classes, ds.source, (ds.train.images[train_idx], ds.train.labels[train_idx]),
@@ -37,8 +36,6 @@ def monitored_subsets(full, size: dict[str, int], seed: int) -> tuple[Dataset, D
 
 def epoch_progress(ctx: ExperimentContext, label: str):
     """A training callback that advances the experiment's progress line once per epoch."""
-    from cnnlab.train import Callback  # noqa: PLC0415
-
     class EpochStep(Callback):
         def on_epoch_end(self, trainer, epoch, metrics):
             n = len(trainer.dataset.test)
@@ -53,8 +50,6 @@ def final_accuracy(run_path: Path, ds, device: str, split: str = "test") -> floa
     Training monitors a small test subset each epoch (the trainer evaluates every epoch, and a full
     test set each time would cost a third of the budget); the reported number comes from here, once.
     """
-    from cnnlab.train import evaluate  # noqa: PLC0415
-
     return evaluate(run_path, data=ds, which="last", split=split, device=device).accuracy
 
 
@@ -77,8 +72,6 @@ def fit(model: str | nn.Module, data: Dataset, *, device: str = "auto", **option
     `options` are `TrainConfig` fields (epochs, batch_size, lr, seed, ...). The run's learning-curve
     and confusion-matrix pictures are skipped: the experiment draws its own picture.
     """
-    from cnnlab.train import TrainConfig, Trainer  # noqa: PLC0415
-
     with tempfile.TemporaryDirectory(prefix="cnnlab-exp-") as tmp:
         cfg = TrainConfig(**options, device=device, out=str(Path(tmp) / "run"))
         if isinstance(model, str):

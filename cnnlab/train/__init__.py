@@ -6,8 +6,9 @@
     >>> predict(run.path, ["shoe.png"], top_k=3)
     >>> export(run.path, "onnx")
 
-Modules: config (TrainConfig), loop (Trainer), optim, precision, checkpoint, run (run directory),
-distributed (DDP), recipes, lr_find, evaluate, predict, export, progress, plots.
+Modules: config (TrainConfig), loop (Trainer), optim, precision, checkpoint (resume state), run (a
+run's model), monitor (gradient norms), distributed (DDP), recipes, lr_find, evaluate, predict, export,
+progress. The run directory and model card are `cnnlab.core.run`; figures are `cnnlab.core.figures`.
 """
 
 from cnnlab._callable import make_callable
@@ -19,12 +20,12 @@ from cnnlab.train.loop import Callback, NonFiniteLossError, Trainer, TrainingInt
 from cnnlab.train.lr_find import LrFindResult, lr_find
 from cnnlab.train.predict import Prediction, predict
 from cnnlab.train.recipes import RECIPES
-from cnnlab.train.run import ModelCard, RunDir, open_run
+from cnnlab.train.run import load_model
 
 __all__ = [
-    "RECIPES", "Callback", "EvalResult", "LrFindResult", "ModelCard", "NonFiniteLossError", "Prediction", "RunDir",
-    "TrainConfig", "TrainResult", "Trainer", "TrainingInterrupted", "evaluate", "export", "lr_find", "open_run",
-    "predict", "resolve_config", "train",
+    "RECIPES", "Callback", "EvalResult", "LrFindResult", "NonFiniteLossError", "Prediction", "TrainConfig",
+    "TrainResult", "Trainer", "TrainingInterrupted", "evaluate", "export", "load_model", "lr_find", "predict",
+    "resolve_config", "train",
 ]
 
 make_callable(__name__, "train")

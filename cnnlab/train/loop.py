@@ -29,9 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnlab.core.figures import plot_confusion, plot_curves
+from cnnlab.core.preprocess import Preprocess
+from cnnlab.core.run import ModelCard, RunDir, default_run_name, environment
 from cnnlab.errors import CnnlabError
 from cnnlab.layers._native import status as native_status
-from cnnlab.runtime import tune_allocator
 from cnnlab.train import distributed
 from cnnlab.train.checkpoint import (
     list_checkpoints,
@@ -42,11 +44,12 @@ from cnnlab.train.checkpoint import (
 )
 from cnnlab.train.config import TrainConfig
 from cnnlab.train.evaluate import EvalResult, evaluate_split
-from cnnlab.train.inputs import Preprocess, load_data, parse_augment
+from cnnlab.train.inputs import load_data, parse_augment
+from cnnlab.train.monitor import GradientMonitor
 from cnnlab.train.optim import build_optimizer, build_schedule, set_lr
 from cnnlab.train.precision import resolve_precision
 from cnnlab.train.progress import ProgressBar, format_seconds
-from cnnlab.train.run import ModelCard, RunDir, build_model, check_model_fits, default_run_name, environment
+from cnnlab.train.run import build_model, check_model_fits
 
 CHECKPOINT_FORMAT = 1
 
@@ -120,8 +123,6 @@ class Trainer:
             config = dataclasses.replace(config, data=str(getattr(data, "name", type(data).__name__)))
         self.config = config.resolved()  # refuses bad options before anything else happens
         if self.config.monitor_gradients:
-            from cnnlab.inspect.gradients import GradientMonitor  # noqa: PLC0415
-
             if not any(isinstance(cb, GradientMonitor) for cb in self.callbacks):
                 self.callbacks.append(GradientMonitor())  # writes RUN/gradients.jsonl and gradients.png
         for cb in self.callbacks:  # monitors with no handler of their own: around the progress bar
@@ -146,8 +147,6 @@ class Trainer:
     def _setup(self) -> None:
         cfg = self.config
         prec = resolve_precision(cfg.precision, cfg.device, cfg.channels_last)
-        if prec.device.type == "cpu":
-            tune_allocator()  # activations are re-allocated every step: keep them off the page-fault path
         self.augment = parse_augment(cfg.augment)
         self.dist = distributed.init(prec.device)
         self.precision = dataclasses.replace(prec, device=distributed.device_for(self.dist, prec.device))
@@ -519,8 +518,6 @@ class Trainer:
                 f"{format_seconds(r['seconds'])} ({r['seconds']:.1f} s)  {r['images_per_second']:,.0f} img/s")
 
     def _plots(self, last_eval: EvalResult | None) -> None:
-        from cnnlab.train.plots import plot_confusion, plot_curves  # noqa: PLC0415 - matplotlib is slow to import
-
         plot_curves(self.history, self.run.path / "curves.png", title=f"{self.config.model} on {self.config.data}")
         if last_eval is not None:
             plot_confusion(last_eval.confusion, self.classes, self.run.path / "confusion.png",

@@ -14,9 +14,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from cnnlab.core.figures import save_figure, subplots
+from cnnlab.core.preprocess import Preprocess
 from cnnlab.errors import CnnlabError
 from cnnlab.train.config import TrainConfig
-from cnnlab.train.inputs import Preprocess, load_data, parse_augment
+from cnnlab.train.inputs import load_data, parse_augment
 from cnnlab.train.optim import build_optimizer, set_lr
 from cnnlab.train.precision import resolve_precision
 from cnnlab.train.run import build_model, check_model_fits
@@ -111,9 +113,7 @@ def lr_find(model: str = "simple_cnn", data="fashion-mnist", *, start_lr: float 
 
 
 def _plot(r: LrFindResult, path: Path, title: str) -> Path:
-    from cnnlab.train.plots import pyplot, save_figure  # noqa: PLC0415 - matplotlib is slow to import
-
-    fig, ax = pyplot().subplots(figsize=(6, 4))
+    fig, ax = subplots(figsize=(6, 4))
     ax.plot(r.lrs, r.losses)
     ax.set_xscale("log")
     ax.axvline(r.suggestion, color="tab:red", ls="--", label=f"suggested {r.suggestion:.1e}")

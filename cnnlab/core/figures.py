@@ -1,0 +1,98 @@
+"""Figures without global state: matplotlib `Figure`s on the Agg canvas, saved as PNG.
+
+No pyplot and no backend switching: a figure made here belongs to no figure manager, needs no display,
+is freed when it goes out of scope, and leaves `matplotlib.get_backend()` and a notebook's inline plots
+as they were. matplotlib is imported inside the functions: it is slow to import and only needed when a
+figure is drawn.
+
+Also the two pictures of a run: learning curves and the confusion matrix.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cnnlab.core.files import atomic_write
+
+DPI = 110  # PNG resolution: 28x28 images and 10-class matrices stay legible at a modest file size
+
+
+def new_figure(figsize: tuple[float, float] | None = None, **kwargs: Any):
+    """A `matplotlib.figure.Figure` with its own Agg canvas (keyword arguments as `Figure` takes them)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
+    from matplotlib.figure import Figure  # noqa: PLC0415
+
+    fig = Figure(figsize=figsize, **kwargs)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float] | None = None, **kwargs: Any):
+    """`(figure, axes)` as `pyplot.subplots` returns them, on a figure of `new_figure`."""
+    fig = new_figure(figsize)
+    return fig, fig.subplots(nrows, ncols, **kwargs)
+
+
+def colormap(name: str):
+    """matplotlib's registered colormap `name` (e.g. "viridis")."""
+    import matplotlib  # noqa: PLC0415
+
+    return matplotlib.colormaps[name]
+
+
+def figure_png(fig) -> bytes:
+    """A matplotlib figure -> PNG bytes (110 dpi, tight bounding box)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Write a figure as PNG to `path`, atomically."""
+    return atomic_write(path, figure_png(fig))
+
+
+def plot_curves(history: list[dict[str, Any]], path: str | Path, title: str = "") -> None:
+    """Loss (left) and accuracy in % (right) per epoch, train and test (or val)."""
+    epochs = [h["epoch"] for h in history]
+    held = "val" if any(h.get("val_accuracy") is not None for h in history) else "test"
+    # with --eval-every some epochs have no held-out figures: plot those that were measured
+    seen = [h for h in history if h.get(f"{held}_accuracy") is not None]
+    fig, (ax_loss, ax_acc) = subplots(1, 2, figsize=(10, 3.8))
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
+    ax_loss.plot([h["epoch"] for h in seen], [h[f"{held}_loss"] for h in seen], "s-", label=held)
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
+    ax_acc.plot(epochs, [100 * h["train_accuracy"] for h in history], "o-", label="train")
+    ax_acc.plot([h["epoch"] for h in seen], [100 * h[f"{held}_accuracy"] for h in seen], "s-", label=held)
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+        if len(epochs) < 15:
+            ax.set_xticks(epochs)
+    if title:
+        fig.suptitle(title)
+    save_figure(fig, path)
+
+
+def plot_confusion(confusion, classes: list[str], path: str | Path, title: str = "") -> None:
+    """Rows: true class, columns: predicted class; cells count images, colour is the row share."""
+    cm = np.asarray(confusion, dtype=np.int64)
+    share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    k = len(classes)
+    size = max(4.0, 0.55 * k + 2)
+    fig, ax = subplots(figsize=(size, size))
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    if k <= 20:
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if share[i, j] > 0.5 else "black")
+        ax.set_xticks(range(k), classes, rotation=60, ha="right", fontsize=8)
+        ax.set_yticks(range(k), classes, fontsize=8)
+    ax.set(xlabel="predicted", ylabel="true", title=title or "confusion matrix")
+    save_figure(fig, path)
