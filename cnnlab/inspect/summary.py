@@ -16,7 +16,7 @@ from cnnlab.errors import CnnlabError, did_you_mean
 from cnnlab.inspect.tracer import Field, Tracer
 from cnnlab.models import is_model_name, list_models, model_info, resolve_model
 
-if TYPE_CHECKING:  # torch is imported when a summary is made, so `import cnnlab.inspect` stays light
+if TYPE_CHECKING:  # for annotations
     import torch
     from torch import nn
 
