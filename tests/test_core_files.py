@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
 
 import cnnlab.core.files as files
 from cnnlab.core.files import atomic_path, atomic_write, atomic_write_json, atomic_write_text
@@ -152,3 +155,20 @@ def test_new_files_get_the_mode_of_a_plain_open_and_the_umask_is_never_touched(t
         real_umask(old)
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
     assert modes == {"a.json": 0o640, "b.onnx": 0o640, "c.json": 0o640}
+
+
+def test_the_same_weights_give_the_same_bytes_in_every_process(tmp_path):
+    # safetensors orders metadata differently from process to process; cnnlab's files must not differ
+    code = ("import sys, torch; from cnnlab.core.weights import save_safetensors\n"
+            "state = {'b': torch.arange(6.0).view(2, 3), 'a': torch.ones(4, dtype=torch.bfloat16)}\n"
+            "save_safetensors(sys.argv[1], state, metadata={k: str(i) for i, k in enumerate('format model epoch x y'.split())})\n")
+    blobs = set()
+    for i in range(4):
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / f"{i}.safetensors")], check=True,
+                       env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+        blobs.add((tmp_path / f"{i}.safetensors").read_bytes())
+    assert len(blobs) == 1
+    loaded = load_file(str(tmp_path / "0.safetensors"))
+    assert torch.equal(loaded["b"], torch.arange(6.0).view(2, 3)) and loaded["a"].dtype == torch.bfloat16
+    with safe_open(str(tmp_path / "0.safetensors"), "pt") as f:
+        assert f.metadata() == {"format": "0", "model": "1", "epoch": "2", "x": "3", "y": "4"}

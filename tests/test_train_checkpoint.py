@@ -8,8 +8,8 @@ import pickle
 import pytest
 import torch
 
-from cnnlab.errors import CnnlabError
 from cnnlab.core import files, weights
+from cnnlab.errors import CnnlabError
 from cnnlab.train import checkpoint as ck
 
 

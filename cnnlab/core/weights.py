@@ -6,6 +6,7 @@ would import or call arbitrary Python; safetensors files are written atomically 
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 from typing import Any
@@ -42,4 +43,18 @@ def save_safetensors(path: str | Path, state: dict[str, torch.Tensor], metadata:
     """Write `state` to `path` as safetensors, atomically."""
     # safetensors stores dense row-major tensors; channels_last parameters are copied to that layout.
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-    return atomic_write(path, save(tensors, metadata=metadata))
+    return atomic_write(path, _sorted_metadata(save(tensors, metadata=metadata)))
+
+
+def _sorted_metadata(blob: bytes) -> bytes:
+    """The same file with its metadata keys sorted: safetensors writes them in an order that changes from
+    process to process (a Rust HashMap), so the same weights would otherwise give different bytes."""
+    n = int.from_bytes(blob[:8], "little")  # the format: 8-byte header length, JSON header, tensor data
+    header = json.loads(blob[8:8 + n])
+    if "__metadata__" not in header:
+        return blob
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(text) > n:  # the same keys and values in another order: never longer, but never risk the data offset
+        return blob
+    return blob[:8] + text.ljust(n) + blob[8 + n:]  # padded with spaces to the old length, as the format allows
