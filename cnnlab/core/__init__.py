@@ -1,5 +1,6 @@
 """The bottom layer: services every other part of cnnlab may use, depending only on the standard library,
-numpy, torch and `cnnlab.errors` (matplotlib is imported inside `figures` functions, when a figure is drawn).
+numpy, torch (with safetensors, its file format) and `cnnlab.errors`; matplotlib is imported inside the
+`figures` functions, when a figure is drawn. Every other package imports core; core imports none of them.
 
 - `files`: atomic writes (a temporary file created safely in the destination folder, then renamed).
 - `weights`: safetensors and `torch.load(weights_only=True)`, refusing anything that could run code.
