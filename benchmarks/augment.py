@@ -32,7 +32,7 @@ from torchvision.transforms import v2
 
 from cnnlab.augment import parse_pipeline
 from cnnlab.data.memory import MemorySplit
-from cnnlab.runtime import allocator_status
+from cnnlab.runtime import allocator_status, tune_allocator
 
 BATCH = 128
 PIPELINE = "lecture"  # flip,crop:4,scale:0.8-1.2,exposure:0.3,saturation:0.3
@@ -152,10 +152,11 @@ def main() -> None:
     cases = [((1, 28, 28), 2_560 if args.quick else 10_240, 5), ((3, 224, 224), 256 if args.quick else 512, 2)]
     inputs = {shape: (torch.randint(0, 256, (count, *shape), dtype=torch.uint8), repeats)
               for shape, count, repeats in cases}
-    # The usual way first, with glibc malloc as the process started: cnnlab's first CPU pipeline call
-    # raises malloc's thresholds (cnnlab.runtime), and DataLoader workers forked afterwards inherit that.
+    # The usual way first, with glibc malloc as the process started; then malloc's thresholds are raised
+    # as the `cnnlab` command does at start (cnnlab.runtime), and DataLoader workers forked afterwards inherit that.
     usual = {(shape, interp): best_of(args.best_of, time_usual, images, tv_interp)
              for shape, (images, _) in inputs.items() for interp, (_, tv_interp) in INTERP.items()}
+    tune_allocator()
     header = f"{'images':>9} {'zoom':>8} {'usual img/s':>12}" + "".join(
         f" {f'cnnlab T={t}':>12} {'ratio':>6}" for t in threads) + f" {'usual, tuned malloc':>20}"
     print(header)

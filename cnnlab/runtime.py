@@ -1,4 +1,5 @@
-"""Process-wide settings: faster PyTorch on a CPU (applied explicitly and reported), and new files' mode.
+"""Process-wide settings, applied only when asked: `cnnlab` (the CLI) calls `tune_allocator()` at start;
+a library call never does. Use it in your own program with `cnnlab.runtime.tune_allocator()`.
 
 `tune_allocator()`: glibc's malloc serves blocks above its mmap threshold (128 KiB to 32 MiB, adjusted
 as blocks are freed) with fresh `mmap`s and trims the heap top when more than the trim threshold is free.
@@ -58,11 +59,3 @@ def tune_allocator(retain_bytes: int = 256 << 20) -> bool:
 def allocator_status() -> str:
     """One line for logs: what `tune_allocator` did in this process."""
     return str(_state["why"])
-
-
-def new_file_mode() -> int:
-    """The permission bits a plain `open(path, "w")` would give a new file: 0o666 minus the umask.
-    Atomic writes go through `tempfile.mkstemp`, which creates files 0600; they are set to this."""
-    mask = os.umask(0)  # reading the umask means setting it and putting it back
-    os.umask(mask)
-    return 0o666 & ~mask

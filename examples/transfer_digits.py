@@ -15,8 +15,8 @@ import argparse
 import time
 from pathlib import Path
 
+from cnnlab.core.files import atomic_write_text
 from cnnlab.train import train
-from cnnlab.train.checkpoint import atomic_write_text
 from cnnlab.transfer import transfer
 
 

@@ -12,8 +12,9 @@ import torch.nn.functional as F
 from conftest import run_cli
 from torch import nn
 
-from cnnlab.inspect.gradients import GradientMonitor, gradient_lab, gradient_norms, gradient_warnings
+from cnnlab.inspect.gradients import gradient_lab
 from cnnlab.models import resolve_model
+from cnnlab.train.monitor import GradientMonitor, gradient_norms, gradient_warnings
 
 
 def _small_net() -> nn.Module:

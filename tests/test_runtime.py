@@ -64,7 +64,7 @@ def test_user_settings_win(env, expect):
 
 
 def test_atomic_writes_get_the_mode_a_plain_open_gives(tmp_path):
-    from cnnlab.train.checkpoint import atomic_write_text
+    from cnnlab.core.files import atomic_write_text
 
     old = os.umask(0o022)
     try:

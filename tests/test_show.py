@@ -114,11 +114,11 @@ def test_kernel_grid_counts_and_signs(in_channels):
 
 # ---- feature maps ----------------------------------------------------------------------------------
 def test_features_match_a_direct_convolution(run, image, tmp_path):
-    from cnnlab.train.run import open_run  # noqa: PLC0415
+    from cnnlab.train.run import load_model  # noqa: PLC0415
 
     shown = show_features(run, image, layers=["features.0", "features.1"], out=tmp_path / "m.png", per_layer=4)
     assert_picture(shown.path)
-    model, card = open_run(run).load_model()
+    model, card = load_model(run)
     pixels = torch.from_numpy(np.asarray(Image.open(image).convert("L"), dtype=np.float32))
     x = ((pixels / 255 - card.mean[0]) / card.std[0]).view(1, 1, 8, 8)
     conv = model.features[0]
@@ -143,11 +143,11 @@ def test_features_unknown_layer_suggests(run, image):
 
 # ---- saliency --------------------------------------------------------------------------------------
 def test_gradient_saliency_matches_autograd(run, image, tmp_path):
-    from cnnlab.train.run import open_run  # noqa: PLC0415
+    from cnnlab.train.run import load_model  # noqa: PLC0415
 
     shown = show_saliency(run, image, method="gradient", out=tmp_path / "s.png")
     assert_picture(shown.path)
-    model, card = open_run(run).load_model()
+    model, card = load_model(run)
     pixels = torch.from_numpy(np.asarray(Image.open(image).convert("L"), dtype=np.float32))
     x = ((pixels / 255 - card.mean[0]) / card.std[0]).view(1, 1, 8, 8).requires_grad_(True)
     logits = model(x)
@@ -194,11 +194,11 @@ def test_saliency_rejects_unknown_method(run, image):
 def test_errors_are_the_most_confident_mistakes(run, tmp_path):
     from cnnlab.data import load_dataset  # noqa: PLC0415
     from cnnlab.train.predict import predict_tensor  # noqa: PLC0415
-    from cnnlab.train.run import open_run  # noqa: PLC0415
+    from cnnlab.train.run import load_model  # noqa: PLC0415
 
     shown = show_errors(run, count=6, out=tmp_path / "e.png")
     assert_picture(shown.path)
-    model, card = open_run(run).load_model()
+    model, card = load_model(run)
     test = load_dataset("digits").test
     probs = predict_tensor(model, card, test.images)  # an independent prediction pass
     conf, pred = probs.max(1)

@@ -8,6 +8,7 @@ import pickle
 import pytest
 import torch
 
+from cnnlab.core import files, weights
 from cnnlab.errors import CnnlabError
 from cnnlab.train import checkpoint as ck
 
@@ -21,7 +22,7 @@ def test_atomic_write_failure_leaves_the_old_file_and_no_temporary(tmp_path, mon
         raise OSError("disk full")  # the process dies mid-write
 
     with pytest.raises(OSError, match="disk full"):
-        ck.atomic_write(target, crash_while_writing)
+        files.atomic_write(target, crash_while_writing)
     assert target.read_bytes() == b"old and good"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["weights.bin"]
 
@@ -29,9 +30,9 @@ def test_atomic_write_failure_leaves_the_old_file_and_no_temporary(tmp_path, mon
 def test_atomic_write_fsyncs_before_rename(tmp_path, monkeypatch):
     events = []
     real_fsync, real_replace = os.fsync, os.replace
-    monkeypatch.setattr(ck.os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
-    monkeypatch.setattr(ck.os, "replace", lambda a, b: (events.append("replace"), real_replace(a, b))[1])
-    ck.atomic_write(tmp_path / "f", b"data")
+    monkeypatch.setattr(files.os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(files.os, "replace", lambda a, b: (events.append("replace"), real_replace(a, b))[1])
+    files.atomic_write(tmp_path / "f", b"data")
     assert events.index("fsync") < events.index("replace")
     assert (tmp_path / "f").read_bytes() == b"data"
 
@@ -86,14 +87,14 @@ def test_pickle_that_would_run_code_is_refused_and_not_run(tmp_path):
     with open(bad, "wb") as f:
         pickle.dump({"model": _Evil(marker)}, f)
     with pytest.raises(CnnlabError, match="refused to load"):
-        ck.safe_torch_load(bad)
+        weights.safe_torch_load(bad)
     with pytest.raises(CnnlabError, match="refused to load"):
         ck.load_latest_checkpoint(tmp_path, log=lambda m: None)
     assert not marker.exists()
     # the same through torch.save, the way a tampered checkpoint would be made
     torch.save({"model": _Evil(marker)}, bad)
     with pytest.raises(CnnlabError):
-        ck.safe_torch_load(bad)
+        weights.safe_torch_load(bad)
     assert not marker.exists()
 
 
@@ -113,9 +114,9 @@ def test_rng_states_load_with_weights_only(tmp_path):
 
 def test_safetensors_roundtrip_and_corrupt_file(tmp_path):
     state = {"w": torch.randn(2, 3, 4, 4).contiguous(memory_format=torch.channels_last), "n": torch.tensor(3)}
-    path = ck.save_safetensors(tmp_path / "m.safetensors", state)
-    loaded = ck.load_safetensors(path)
+    path = weights.save_safetensors(tmp_path / "m.safetensors", state)
+    loaded = weights.load_safetensors(path)
     assert torch.equal(loaded["w"], state["w"]) and torch.equal(loaded["n"], state["n"])
     path.write_bytes(path.read_bytes()[:20])
     with pytest.raises(CnnlabError, match="cannot read weights"):
-        ck.load_safetensors(path)
+        weights.load_safetensors(path)

@@ -12,8 +12,8 @@ import textwrap
 import pytest
 import torch
 
+from cnnlab.core.weights import load_safetensors
 from cnnlab.train import train
-from cnnlab.train.checkpoint import load_safetensors
 
 # fp32 and no augmentation: two half-batches averaged by DDP are then the same gradient as one batch
 OPTS = dict(model="simple_cnn", data="digits", epochs=3, batch_size=64, lr=3e-3, precision="fp32", augment="none", seed=5)

@@ -8,12 +8,13 @@ import torch
 from conftest import run_cli
 from PIL import Image
 
+from cnnlab.core.run import open_run
 from cnnlab.data import load_dataset
 from cnnlab.errors import CnnlabError
 from cnnlab.train import train
 from cnnlab.train.export import export, exportable
 from cnnlab.train.predict import predict
-from cnnlab.train.run import open_run
+from cnnlab.train.run import load_model
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def run_dir(tmp_path_factory):
 
 def _reference_probs(run_dir, images_uint8):
     """Softmax of the run's model computed by hand, in fp32, from the card's normalisation."""
-    model, card = open_run(run_dir).load_model("best")
+    model, card = load_model(run_dir, "best")
     x = (images_uint8.float() / 255 - torch.tensor(card.mean).view(1, -1, 1, 1)) / torch.tensor(card.std).view(1, -1, 1, 1)
     with torch.no_grad():
         return torch.softmax(model(x), 1), card

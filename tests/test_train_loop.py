@@ -12,10 +12,11 @@ import pytest
 import torch
 from conftest import run_cli
 
+from cnnlab.core.weights import load_safetensors
 from cnnlab.data import load_dataset
 from cnnlab.models import create_model
 from cnnlab.train import Callback, NonFiniteLossError, train
-from cnnlab.train.checkpoint import list_checkpoints, load_safetensors
+from cnnlab.train.checkpoint import list_checkpoints
 
 # Small and quick: 1437 training images of 8x8, batch 64 -> 22 steps per epoch.
 OPTS = dict(model="simple_cnn", data="digits", batch_size=64, lr=3e-3, augment="flip", seed=3)
@@ -77,8 +78,8 @@ def test_flip_tta_averages_the_probabilities_of_image_and_mirror():
     import torch.nn.functional as F
     from torch import nn
 
+    from cnnlab.core.preprocess import Preprocess
     from cnnlab.train.evaluate import evaluate_split
-    from cnnlab.train.inputs import Preprocess
     from cnnlab.train.precision import resolve_precision
 
     torch.manual_seed(0)
@@ -105,8 +106,8 @@ def test_shift_tta_averages_the_probabilities_of_the_shifted_views(mode, views):
     import torch.nn.functional as F
     from torch import nn
 
+    from cnnlab.core.preprocess import Preprocess
     from cnnlab.train.evaluate import evaluate_split
-    from cnnlab.train.inputs import Preprocess
     from cnnlab.train.precision import resolve_precision
 
     torch.manual_seed(0)

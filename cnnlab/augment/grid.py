@@ -5,18 +5,20 @@
 
 from __future__ import annotations
 
+import io
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 
 from cnnlab.augment.pipeline import Pipeline, parse_pipeline
+from cnnlab.core.files import atomic_write
+from cnnlab.core.preprocess import to_unit
+from cnnlab.data import load_dataset
 from cnnlab.errors import CnnlabError
-from cnnlab.runtime import new_file_mode
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 _BACKGROUND = 255  # white between cells
@@ -72,19 +74,10 @@ def check_out_path(out: str | Path) -> Path:
 
 def save_picture(picture: np.ndarray, out: str | Path) -> Path:
     """Write an (rows, cols, 3) uint8 array as an image, atomically (temporary file, then rename)."""
-    from PIL import Image  # noqa: PLC0415 - only needed here
-
     out = check_out_path(out)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=out.suffix, dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(picture).save(f, format=Image.registered_extensions()[out.suffix.lower()])
-        os.chmod(tmp, new_file_mode())  # mkstemp made it 0600; give it a plain open()'s mode
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out
+    buf = io.BytesIO()
+    Image.fromarray(picture).save(buf, format=Image.registered_extensions()[out.suffix.lower()])
+    return atomic_write(out, buf.getvalue())
 
 
 def preview(data: str, augment: str | Pipeline, out: str | Path, *, n: int = 8, copies: int = 7,
@@ -95,10 +88,8 @@ def preview(data: str, augment: str | Pipeline, out: str | Path, *, n: int = 8, 
     out = check_out_path(out)
     if not 1 <= n <= 256 or not 1 <= copies <= 64:
         raise CnnlabError(f"n={n} must be in 1..256 and copies={copies} in 1..64")
-    from cnnlab.data import load_dataset  # noqa: PLC0415 - the data engineer's module
-
     dataset = load_dataset(data, data_dir=data_dir)
     pipeline.output_size(tuple(dataset.input_size))  # type: ignore[arg-type]
     images, _ = next(iter(dataset.train.batches(n)))  # uint8 (n, C, H, W)
     generator = torch.Generator().manual_seed(seed)
-    return save_picture(augment_grid(images.float() / 255, pipeline, copies, generator), out)
+    return save_picture(augment_grid(to_unit(images), pipeline, copies, generator), out)

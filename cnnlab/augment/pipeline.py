@@ -27,7 +27,6 @@ from cnnlab.augment._base import Params, Size, check_batch, format_number
 from cnnlab.augment._gather import Gather, IndexMap, Resample, compose_maps
 from cnnlab.augment.ops import OPS, Op
 from cnnlab.errors import CnnlabError, did_you_mean
-from cnnlab.runtime import tune_allocator
 
 Step = Gather | Resample | tuple[Op, Params]  # one unit of planned work
 
@@ -53,9 +52,10 @@ class Pipeline:
     right after either is folded into its last pass; uint8 input is gathered as uint8; the last op
     writes into the returned batch; on CPU the batch is processed in chunks of about `chunk_bytes` so
     that intermediate results stay in cache instead of costing a trip to memory (and page faults) per
-    op: about 2x faster at 3x224x224 (measured on one core). The first CPU call also raises glibc
-    malloc's thresholds (`cnnlab.runtime.tune_allocator`) so that the chunks' buffers are reused instead
-    of page-faulted in afresh: another 1.4-1.6x at 3x224x224. benchmarks/augment.py measures it all."""
+    op: about 2x faster at 3x224x224 (measured on one core). Raising glibc malloc's thresholds
+    (`cnnlab.runtime.tune_allocator()`, which the `cnnlab` command does at start; call it yourself in
+    your own program) lets the chunks' buffers be reused instead of page-faulted in afresh: another
+    1.4-1.6x at 3x224x224. benchmarks/augment.py measures it all."""
 
     chunk_bytes: int = 2 << 20  # CPU chunk size, bytes of float32 input (3 images of 3x224x224, 668 of 1x28x28)
 
@@ -73,8 +73,6 @@ class Pipeline:
         if isinstance(x, Tensor) and x.dim() == 3:  # one image, e.g. inside a Dataset's __getitem__
             return self(x[None], generator)[0]
         check_batch(x, allow_uint8=True)
-        if x.device.type == "cpu":
-            tune_allocator()
         if not self.ops:
             return x.to(torch.float32).div_(255) if x.dtype == torch.uint8 else x
         shapes = [tuple(x.shape)]

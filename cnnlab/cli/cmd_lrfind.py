@@ -33,8 +33,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cnnlab.core.run import default_run_name  # noqa: PLC0415
     from cnnlab.train.lr_find import lr_find  # noqa: PLC0415 - torch stays out of `cnnlab --help`
-    from cnnlab.train.run import default_run_name  # noqa: PLC0415
 
     out = Path(args.out) if args.out else Path("runs") / default_run_name(f"lr-find-{args.model}", args.data)
     result = lr_find(args.model, args.data, start_lr=args.start_lr, end_lr=args.end_lr, steps=args.steps,

@@ -16,6 +16,7 @@ import sys
 
 import cnnlab.cli as cli_pkg
 from cnnlab.errors import CnnlabError
+from cnnlab.runtime import tune_allocator
 from cnnlab.version import __version__
 
 EXIT_USAGE = 2
@@ -61,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
+    # the process is ours: keep freed tensor memory for reuse (a library call never changes this)
+    tune_allocator()
     try:
         code = args.func(args)
     except CnnlabError as e:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from cnnlab.core.paths import cache_dir
+
 SYSTEM_DIR = Path("/usr/share/datasets")
 
 # dataset -> sub-folders of a root to look in ("" = the root itself)
@@ -24,12 +26,6 @@ SUBDIRS = {
     "cifar100": ("cifar100", ""),
     "svhn": ("svhn", ""),
 }
-
-
-def cache_dir() -> Path:
-    """The user cache directory for cnnlab data: `$XDG_CACHE_HOME/cnnlab` or `~/.cache/cnnlab`."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "cnnlab"
 
 
 def search_roots(data_dir: str | Path | None = None) -> list[Path]:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from cnnlab.core.preprocess import Preprocess
 from cnnlab.errors import CnnlabError
 
 
@@ -192,11 +193,7 @@ def to_float(
     uint8 input is in 0..255 and scaled to [0, 1] first; float input (e.g. the output of an augmentation
     pipeline) is taken to be in [0, 1] already.
     """
-    c = images_uint8.shape[1]
-    if len(mean) != c or len(std) != c:
-        raise CnnlabError(f"mean/std need {c} values for {c}-channel images, got {len(mean)} and {len(std)}")
-    m = torch.tensor(mean, dtype=dtype, device=images_uint8.device).view(1, c, 1, 1)
-    s = torch.tensor(std, dtype=dtype, device=images_uint8.device).view(1, c, 1, 1)
-    scale = 255.0 if images_uint8.dtype == torch.uint8 else 1.0
-    # fold the /255 into the affine map: one fused multiply-add kernel after the conversion
-    return torch.addcmul(-m / s, images_uint8.to(dtype), 1.0 / (scale * s))
+    prep = Preprocess(mean, std, images_uint8.device, channels_last=False, dtype=dtype)
+    if images_uint8.dtype == torch.uint8:
+        return prep(images_uint8)
+    return prep.normalise(images_uint8.to(dtype))

@@ -12,7 +12,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cnnlab.data import locate, sources
+from cnnlab.data import formats, locate, sources
+from cnnlab.data.dataset import check_image_size, check_val_fraction, in_memory_dataset
+from cnnlab.data.download import download
+from cnnlab.data.extract import safe_extract
+from cnnlab.data.imagefolder import load_imagefolder
 from cnnlab.errors import CnnlabError, did_you_mean
 
 IDX_FILES = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
@@ -142,9 +146,6 @@ def fetch_dataset(name: str, data_dir: str | Path | None = None, progress: Calla
 
     Files already present and verified are kept; every file is checked by its official checksum.
     """
-    from cnnlab.data.download import download  # noqa: PLC0415
-    from cnnlab.data.extract import safe_extract  # noqa: PLC0415
-
     _check_name(name)
     if name == "digits":
         raise CnnlabError("digits ships with scikit-learn; there is nothing to download")
@@ -181,8 +182,6 @@ def _load_digits():
 
 
 def _load_files(name: str, files: dict[str, Path]):
-    from cnnlab.data import formats  # noqa: PLC0415
-
     if name in ("mnist", "fashion-mnist", "kmnist"):
         tr = formats.read_idx_pair(files[IDX_FILES[0]], files[IDX_FILES[1]])
         te = formats.read_idx_pair(files[IDX_FILES[2]], files[IDX_FILES[3]])
@@ -212,15 +211,11 @@ def load_dataset(
     (shorter side, then centre crop); `val_fraction` holds out a seeded, stratified part of train as `val`;
     `strict` (imagefolder) stops at the first unreadable file instead of skipping it.
     """
-    from cnnlab.data.dataset import check_image_size, check_val_fraction, in_memory_dataset  # noqa: PLC0415
-
     if not isinstance(name, str):
         raise CnnlabError(f"dataset name must be a string, got {name!r}")
     check_val_fraction(val_fraction)
     check_image_size(image_size)
     if name.startswith("imagefolder:"):
-        from cnnlab.data.imagefolder import load_imagefolder  # noqa: PLC0415
-
         path = name.split(":", 1)[1]
         if not path:
             raise CnnlabError("imagefolder needs a path: imagefolder:PATH (a folder with one sub-folder per class)")

@@ -14,8 +14,10 @@ The framework times it and writes, under `OUT/NAME/`:
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import pkgutil
 import platform
 import sys
 import time
@@ -24,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cnnlab.core.files import atomic_write_json, atomic_write_text
 from cnnlab.errors import CnnlabError, did_you_mean
 
 RESULT_FORMAT = "cnnlab-experiment-1"
@@ -121,12 +124,7 @@ def register_experiment(name: str, *, title: str, claim: str, order: int, defaul
 
 
 def _load_all() -> None:
-    import importlib  # noqa: PLC0415
-    import pkgutil  # noqa: PLC0415
-
-    import cnnlab.experiments as pkg  # noqa: PLC0415
-
-    for info in pkgutil.iter_modules(pkg.__path__):
+    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
         if not info.name.startswith("_"):
             importlib.import_module(f"cnnlab.experiments.{info.name}")
 
@@ -216,8 +214,6 @@ def run_experiment(name: str, *, out: str | Path, quick: bool = False, data: str
                    data_dir: str | None = None, seed: int = 0, device: str = "auto",
                    progress: bool = True) -> ExperimentResult:
     """Run one experiment; writes OUT/NAME/{table.md, result.json, plot.png} and returns the result."""
-    from cnnlab.train.checkpoint import atomic_write_json, atomic_write_text  # noqa: PLC0415
-
     spec = get_experiment(name)
     folder = Path(out) / name
     folder.mkdir(parents=True, exist_ok=True)
@@ -264,8 +260,6 @@ def run_all(*, out: str | Path, quick: bool = False, data: str | None = None, da
             seed: int = 0, device: str = "auto", progress: bool = True,
             names: Sequence[str] | None = None) -> list[ExperimentResult]:
     """Every experiment (or `names`) in the lecture's order; writes OUT/lecture.md after each one."""
-    from cnnlab.train.checkpoint import atomic_write_text  # noqa: PLC0415
-
     specs = [get_experiment(n) for n in names] if names else list_experiments()
     command = f"cnnlab experiment all --out {out}" + (" --quick" if quick else "")
     results = []

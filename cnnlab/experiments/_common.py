@@ -7,13 +7,13 @@ from typing import Any
 
 from torch import nn
 
+from cnnlab.core.preprocess import Preprocess
 from cnnlab.data.dataset import Dataset, in_memory_dataset
 from cnnlab.data.memory import stratified_sample as stratified_indices  # the experiments' name for it
 from cnnlab.errors import CnnlabError
 from cnnlab.experiments._base import ExperimentContext
 from cnnlab.train import Callback, TrainConfig, Trainer, TrainResult
 from cnnlab.train.evaluate import evaluate_split
-from cnnlab.train.inputs import Preprocess
 from cnnlab.train.precision import resolve_precision
 
 

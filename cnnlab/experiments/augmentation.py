@@ -15,6 +15,12 @@ import math
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from cnnlab.augment import parse_pipeline
+from cnnlab.core.figures import save_figure, subplots
+from cnnlab.core.preprocess import to_unit
+from cnnlab.data import load_dataset
 from cnnlab.experiments._base import ExperimentContext, Outcome, register_experiment
 from cnnlab.experiments._common import (
     epoch_progress,
@@ -50,24 +56,17 @@ GREY_ONLY = "contrast:0.3"  # trained only on grayscale data, where saturation c
 
 def is_noop(pipeline: str, images) -> bool:
     """Whether `pipeline` leaves a batch of uint8 images `(N, C, H, W)` exactly unchanged."""
-    import torch  # noqa: PLC0415
-
-    from cnnlab.augment import parse_pipeline  # noqa: PLC0415
-
-    x = images.to(torch.float32) / 255.0
+    x = to_unit(images)
     y = parse_pipeline(pipeline)(x.clone(), torch.Generator().manual_seed(0))
     return bool(torch.equal(x, y))
 
 
 def _plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
-    from cnnlab.train.plots import pyplot, save_figure  # noqa: PLC0415
-
-    plt = pyplot()
     trained = [r for r in rows if r["test"] is not None]
     labels = [r["augmentation"] for r in trained][::-1]  # top to bottom in table order
     test = [100 * r["test"] for r in trained][::-1]
     gap = [100 * r["gap"] for r in trained][::-1]
-    fig, (ax_acc, ax_gap) = plt.subplots(1, 2, figsize=(11, 0.45 * len(labels) + 1.6), sharey=True)
+    fig, (ax_acc, ax_gap) = subplots(1, 2, figsize=(11, 0.45 * len(labels) + 1.6), sharey=True)
     colours = ["tab:gray" if lab == "none" else "tab:blue" for lab in labels]
     ax_acc.barh(labels, test, color=colours)
     ax_acc.axvline(test[labels.index("none")], color="k", lw=0.8, ls="--")
@@ -89,8 +88,6 @@ def _plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     budget="about 2.5 min")
 def run(ctx: ExperimentContext) -> Outcome:
     """Train `simple_cnn` on 5,000 images without and with each augmentation; compare test accuracy and gap."""
-    from cnnlab.data import load_dataset  # noqa: PLC0415
-
     size = SIZES["quick" if ctx.quick else "default"]
     full = load_dataset(ctx.data, data_dir=ctx.data_dir)
     ds, test = monitored_subsets(full, size, ctx.seed)

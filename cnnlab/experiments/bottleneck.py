@@ -19,9 +19,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from cnnlab.core.figures import save_figure, subplots
+from cnnlab.data import load_dataset
 from cnnlab.errors import CnnlabError
 from cnnlab.experiments._base import ExperimentContext, Outcome, register_experiment
 from cnnlab.experiments._common import epoch_progress, fit, plural, stratified_indices, subset_dataset
+from cnnlab.inspect import summary
 from cnnlab.models._base import ConvNet
 
 WIDTH, MID = 256, 64  # the lecture's block: 256 channels in and out, 64 inside the bottleneck
@@ -122,22 +125,17 @@ def block_conv_params(model: BottleneckNet) -> int:
 
 
 def _costs(model: nn.Module, input_size: tuple[int, int, int]) -> dict[str, int]:
-    from cnnlab.inspect import summary  # noqa: PLC0415
-
     s = summary(model, input_size)
     block = [r for r in s.layers if r.name.startswith("block.")]
     return {"params": s.total_params, "macs": s.total_macs, "block_macs": sum(r.macs for r in block)}
 
 
 def _plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
-    from cnnlab.train.plots import pyplot, save_figure  # noqa: PLC0415
-
-    plt = pyplot()
     names = [r["block"] for r in rows]
     panels = [("block_params", "parameters of the block's convs", 1.0),
               ("block_macs", "MACs of the block per image (millions)", 1e-6),
               ("accuracy", "test accuracy (%)", 100.0)]
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
+    fig, axes = subplots(1, 3, figsize=(11, 3.4))
     for ax, (key, label, scale) in zip(axes, panels, strict=True):
         values = [scale * r[key] for r in rows]
         bars = ax.bar(names, values, color=["tab:gray", "tab:blue"])
@@ -157,8 +155,6 @@ def _plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     budget="about 2.5 min")
 def run(ctx: ExperimentContext) -> Outcome:
     """Train the same small ResNet with a plain 3x3 block and with a bottleneck block; compare cost and accuracy."""
-    from cnnlab.data import load_dataset  # noqa: PLC0415
-
     size = SIZES["quick" if ctx.quick else "default"]
     full = load_dataset(ctx.data, data_dir=ctx.data_dir)
     ds = subset_dataset(full, stratified_indices(full.train.labels, size["train"], ctx.seed),

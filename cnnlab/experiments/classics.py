@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cnnlab.core.figures import save_figure, subplots
+from cnnlab.data import load_dataset
 from cnnlab.experiments._base import ExperimentContext, Outcome, register_experiment
 from cnnlab.experiments._common import (
     epoch_progress,
@@ -24,6 +26,8 @@ from cnnlab.experiments._common import (
     monitored_subsets,
     plural,
 )
+from cnnlab.inspect import summary
+from cnnlab.models import resolve_model
 
 # Images per class: trained on, monitored each epoch, tested once at the end (None: the whole test set).
 # The default took 119 s on 2 quiet CPU cores (Zen 5, bf16) for all four nets; ResNet-20 (31 M MACs
@@ -71,9 +75,6 @@ def measure_cost(classic: Classic, input_size: tuple[int, int, int], num_classes
     """(parameters, MACs per image) of a classic for `(C, H, W)` inputs, traced on the meta device."""
     import torch  # noqa: PLC0415
 
-    from cnnlab.inspect import summary  # noqa: PLC0415
-    from cnnlab.models import resolve_model  # noqa: PLC0415
-
     with torch.device("meta"):  # shapes only: no memory, no compute
         model, size = resolve_model(_model_text(classic, num_classes), input_size, num_classes, classic.options)
     s = summary(model, size)
@@ -88,10 +89,7 @@ def _model_text(classic: Classic, num_classes: int) -> str:
 
 
 def _plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
-    from cnnlab.train.plots import pyplot, save_figure  # noqa: PLC0415
-
-    plt = pyplot()
-    fig, (ax_year, ax_cost) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (ax_year, ax_cost) = subplots(1, 2, figsize=(10, 3.8))
     acc = [100 * r["accuracy"] for r in rows]
     # chronological order at even spacing: 1998 -> 2012 would otherwise squeeze the last three together
     ax_year.plot(range(len(rows)), acc, "o-")
@@ -116,8 +114,6 @@ def _plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     budget="about 2 min")
 def run(ctx: ExperimentContext) -> Outcome:
     """Train LeNet-5, an AlexNet-style, a VGG-style net and ResNet-20 with one recipe; compare cost and accuracy."""
-    from cnnlab.data import load_dataset  # noqa: PLC0415
-
     size = SIZES["quick" if ctx.quick else "default"]
     full = load_dataset(ctx.data, data_dir=ctx.data_dir, image_size=IMAGE_SIZE)
     ds, test = monitored_subsets(full, size, ctx.seed)

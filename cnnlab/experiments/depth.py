@@ -17,8 +17,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cnnlab.core.figures import save_figure, subplots
+from cnnlab.data import load_dataset
 from cnnlab.experiments._base import ExperimentContext, Outcome, register_experiment
 from cnnlab.experiments._common import fit, param_count, subsample
+from cnnlab.inspect import summary
 
 WIDTH = 16  # channels of every conv layer: small enough that 6 layers at 28x28 train in seconds
 NOISE = 0.01  # one point: differences below it are within seed-to-seed noise at this size
@@ -40,17 +43,12 @@ def closed_form_rf(depth: int, pool: bool) -> int:
 
 
 def _last_conv_rf(spec: str, input_size: tuple[int, int, int], num_classes: int) -> int:
-    from cnnlab.inspect import summary  # noqa: PLC0415
-
     rows = [r for r in summary(spec, input_size, num_classes=num_classes).layers if r.kind == "Conv2d"]
     return int(rows[-1].receptive_field[0])
 
 
 def _plot(rows: list[dict], path: Path) -> None:
-    from cnnlab.train.plots import pyplot, save_figure  # noqa: PLC0415
-
-    plt = pyplot()
-    fig, (ax_rf, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (ax_rf, ax_acc) = subplots(1, 2, figsize=(10, 3.8))
     for pool, colour, label in ((False, "tab:blue", "no pooling"), (True, "tab:orange", "maxpool2 after each")):
         series = [r for r in rows if r["pool"] == pool]
         ds = [r["depth"] for r in series]
@@ -77,9 +75,6 @@ def _plot(rows: list[dict], path: Path) -> None:
 )
 def run(ctx: ExperimentContext) -> Outcome:
     """Train both series of `depth_spec` nets; receptive field, parameters, MACs and test accuracy."""
-    from cnnlab.data import load_dataset  # noqa: PLC0415
-    from cnnlab.inspect import summary  # noqa: PLC0415
-
     per_class, test_per_class, epochs, plain_depths, pool_depths = QUICK_SIZE if ctx.quick else DEFAULT_SIZE
     ds = subsample(load_dataset(ctx.data or "fashion-mnist", data_dir=ctx.data_dir), per_class, test_per_class,
                    ctx.seed)

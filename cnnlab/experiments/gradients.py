@@ -8,6 +8,7 @@ norm of the first conv layer against the last (fc) layer.
 from __future__ import annotations
 
 from cnnlab.experiments._base import ExperimentContext, Outcome, register_experiment
+from cnnlab.inspect.gradients import gradient_lab
 
 MODELS = ("plain20", "plain56", "resnet20", "resnet56")
 VANISHED = 1e-2  # "orders of magnitude smaller": the first layer's norm below 1% of the last layer's
@@ -21,8 +22,6 @@ VANISHED = 1e-2  # "orders of magnitude smaller": the first layer's norm below 1
     budget="about 2-3 min on 2 quiet cores (5 min measured under load 8)",
 )
 def run(ctx: ExperimentContext) -> Outcome:
-    from cnnlab.inspect.gradients import gradient_lab  # noqa: PLC0415
-
     steps, batch = (3, 8) if ctx.quick else (40, 64)
     ctx.progress.total = len(MODELS) * steps
     lab = gradient_lab(MODELS, ctx.data, steps=steps, batch_size=batch, seed=ctx.seed, device=ctx.device,

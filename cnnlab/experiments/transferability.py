@@ -22,9 +22,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from cnnlab.core.figures import save_figure, subplots
+from cnnlab.data import load_dataset
 from cnnlab.data.dataset import Dataset, in_memory_dataset
+from cnnlab.errors import CnnlabError
 from cnnlab.experiments._base import ExperimentContext, Outcome, register_experiment
 from cnnlab.experiments._common import fit
+from cnnlab.models import resolve_model
+from cnnlab.transfer.freeze import freeze
 
 # L = 5 weight layers; n runs over 1..4 (the classifier is always new, as the paper's fc8).
 # Strided convolutions instead of pooling keep every layer a weight layer ("all-conv", Springenberg 2015).
@@ -81,8 +86,6 @@ def weight_layers(model: nn.Module) -> list[nn.Module]:
 
 def build_net(num_classes: int, input_size: tuple[int, int, int], seed: int) -> nn.Module:
     """A freshly initialised transfer net (`SPEC`), its weights fixed by `seed`."""
-    from cnnlab.models import resolve_model  # noqa: PLC0415
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model, _ = resolve_model(SPEC.replace("fc5", f"fc{num_classes}"), input_size, num_classes, {})
@@ -93,8 +96,6 @@ def transfer_net(base: nn.Module, n: int, *, frozen: bool, num_classes: int,
                  input_size: tuple[int, int, int], seed: int) -> nn.Module:
     """A new net whose first `n` weight layers are copies of `base`'s (frozen or trainable) and whose
     other layers are freshly initialised with `seed`."""
-    from cnnlab.transfer.freeze import freeze  # noqa: PLC0415
-
     net = build_net(num_classes, input_size, seed)
     src, dst = weight_layers(base), weight_layers(net)
     if not 0 <= n < len(dst):
@@ -114,10 +115,7 @@ def _train(model: nn.Module, data: Dataset, size: Size, seed: int, device: str) 
 
 
 def _plot(rows: list[dict], base_b: float, base_a: float, data_name: str, path: Path) -> None:
-    from cnnlab.train.plots import pyplot, save_figure  # noqa: PLC0415
-
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = subplots(figsize=(6.4, 4.2))
     ns = [r["n"] for r in rows]
     # The paper's Figure 2 markers: selffer (B) as circles, transfer (A) as diamonds; '+' filled lighter.
     style = {"BnB": ("o", "white", "navy"), "BnB+": ("o", "lightskyblue", "navy"),
@@ -147,13 +145,9 @@ def _plot(rows: list[dict], base_b: float, base_a: float, data_name: str, path: 
 )
 def run(ctx: ExperimentContext) -> Outcome:
     """Train baseA, baseB and the BnB/BnB+/AnB/AnB+ nets for every n; test accuracy on task B."""
-    from cnnlab.data import load_dataset  # noqa: PLC0415
-
     size = QUICK if ctx.quick else DEFAULT
     ds = load_dataset(ctx.data or "fashion-mnist", data_dir=ctx.data_dir)
     if ds.num_classes < 4:
-        from cnnlab.errors import CnnlabError  # noqa: PLC0415
-
         raise CnnlabError(f"transferability needs a dataset with at least 4 classes to split in two, "
                           f"got {ds.name!r} with {ds.num_classes}")
     classes_a, classes_b = split_classes(ds.num_classes, ctx.seed)

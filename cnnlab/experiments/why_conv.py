@@ -15,8 +15,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cnnlab.core.figures import save_figure, subplots
+from cnnlab.data import load_dataset
 from cnnlab.experiments._base import ExperimentContext, Outcome, register_experiment
 from cnnlab.experiments._common import fit, param_count, subsample
+from cnnlab.inspect import summary
 
 NETS = {  # name -> spec in the lecture's notation; see the module docstring for why these three
     "dense": "fc256 fc128 fc10",
@@ -33,10 +36,7 @@ QUICK_SIZE = (50, 30, 1)
 # ---- helpers shared by the experiments of this family ---------------------------------------------
 # ---- the experiment -----------------------------------------------------------------------------
 def _plot(rows: list[dict], path: Path) -> None:
-    from cnnlab.train.plots import pyplot, save_figure  # noqa: PLC0415
-
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    fig, ax = subplots(figsize=(6.0, 4.0))
     colours = {"dense": "tab:gray", "local": "tab:orange", "conv": "tab:blue"}
     for r in rows:
         ax.scatter(r["params"], 100 * r["accuracy"], s=120, color=colours.get(r["net"], "black"), zorder=3)
@@ -60,9 +60,6 @@ def _plot(rows: list[dict], path: Path) -> None:
 )
 def run(ctx: ExperimentContext) -> Outcome:
     """Train the dense, local and conv nets of `NETS` identically; parameters, MACs, accuracy, time."""
-    from cnnlab.data import load_dataset  # noqa: PLC0415
-    from cnnlab.inspect import summary  # noqa: PLC0415
-
     per_class, test_per_class, epochs = QUICK_SIZE if ctx.quick else DEFAULT_SIZE
     ds = subsample(load_dataset(ctx.data or "fashion-mnist", data_dir=ctx.data_dir), per_class, test_per_class,
                    ctx.seed)

@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from cnnlab.core.figures import save_figure, subplots
+from cnnlab.core.files import atomic_write_json, atomic_write_text
 from cnnlab.data import load_dataset
 from cnnlab.errors import CnnlabError, positive_int
 from cnnlab.models import resolve_model
@@ -32,12 +34,11 @@ from cnnlab.train.loop import Trainer
 from cnnlab.train.monitor import (  # noqa: F401 - re-exported: the inspect-side names of the monitor
     VANISH_RATIO,
     GradientMonitor,
-    _json_safe,
-    _norms_tensor,
-    _positive,
-    _pyplot,
     gradient_norms,
     gradient_warnings,
+    json_safe,
+    log_plottable,
+    norms_tensor,
     plot_gradient_records,
     read_gradient_records,
     weight_layers,
@@ -136,17 +137,16 @@ class GradientLab:
         d["format"] = LAB_FORMAT
         for m, traced in zip(d["models"], self.models, strict=True):
             m["ratio_init"], m["ratio_end"] = _finite_or_none(traced.ratio_init), _finite_or_none(traced.ratio_end)
-        return _json_safe(d)
+        return json_safe(d)
 
     def plot(self, path: str | Path) -> None:
         """Left: log-scale gradient norm against layer depth (solid: init, dashed: end); right: loss curves."""
-        plt, save = _pyplot()
-        fig, (ax_g, ax_l) = plt.subplots(1, 2, figsize=(12, 4.4))
+        fig, (ax_g, ax_l) = subplots(1, 2, figsize=(12, 4.4))
         for i, m in enumerate(self.models):
             color = f"C{i}"
             depth = range(1, len(m.layers) + 1)
-            ax_g.plot(depth, _positive(m.norms_init), "-", color=color, label=f"{m.label}, init")
-            ax_g.plot(depth, _positive(m.norms_end), "--", color=color, label=f"{m.label}, step {m.steps_done}")
+            ax_g.plot(depth, log_plottable(m.norms_init), "-", color=color, label=f"{m.label}, init")
+            ax_g.plot(depth, log_plottable(m.norms_end), "--", color=color, label=f"{m.label}, step {m.steps_done}")
             ax_l.plot(range(1, len(m.loss) + 1), _smooth(m.loss, max(1, self.steps // 20)), color=color, label=m.label)
         ax_g.set_yscale("log")
         ax_g.set(xlabel="layer (1 = first conv, last = fc)", ylabel="‖dL/dW‖₂ (log scale)",
@@ -155,12 +155,10 @@ class GradientLab:
         for ax in (ax_g, ax_l):
             ax.grid(alpha=0.3, which="both")
             ax.legend(fontsize=7)
-        save(fig, path)
+        save_figure(fig, path)
 
     def write(self, out: str | Path) -> Path:
         """Write OUT/gradients.json, OUT/table.md and OUT/plot.png (each atomically); returns OUT."""
-        from cnnlab.train.checkpoint import atomic_write_json, atomic_write_text  # noqa: PLC0415
-
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "gradients.json", self.to_dict())
@@ -296,7 +294,7 @@ class _StepTrace(Callback):
         self.layers = weight_layers(trainer.model)
 
     def on_after_backward(self, trainer, epoch: int, step: int) -> None:
-        self.norms.append(_norms_tensor([w for _, w in self.layers]))  # (L,) stays on the device
+        self.norms.append(norms_tensor([w for _, w in self.layers]))  # (L,) stays on the device
 
     def on_step_end(self, trainer, epoch: int, step: int) -> None:
         out = trainer.last_step

@@ -22,7 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cnnlab.core.figures import plot_confusion, plot_curves
+from cnnlab.core.files import atomic_write_text
+from cnnlab.core.run import open_run
 from cnnlab.errors import CnnlabError, positive_int
+from cnnlab.inspect.summary import summary
+from cnnlab.inspect.visual import draw, maps
+from cnnlab.inspect.visual.show import run_split
+from cnnlab.train.monitor import read_gradient_records
+from cnnlab.train.run import load_model
+from cnnlab.version import __version__
 
 NOT_RECORDED = "not recorded (train with --monitor-gradients)"
 
@@ -138,9 +147,6 @@ def _evaluate(run_dir, model, card, data_dir, errors: int) -> dict[str, Any]:
     """One float32 pass over the test split: accuracy, confusion, per-class accuracy, worst mistakes."""
     import torch  # noqa: PLC0415
 
-    from cnnlab.inspect.visual import maps  # noqa: PLC0415
-    from cnnlab.inspect.visual.show import run_split  # noqa: PLC0415
-
     part = run_split(run_dir, card, "test", None, data_dir)
     predicted, confidence = maps.predict_images(model, part.images, card.mean, card.std)
     k = card.num_classes
@@ -161,13 +167,6 @@ def build_report(run: str | Path, out: str | Path | None = None, *, which: str =
         data_dir: where the run's dataset lives, if not where training found it.
         errors: how many of the most confident mistakes to show.
     """
-    from cnnlab.inspect.gradients import read_gradient_records  # noqa: PLC0415
-    from cnnlab.inspect.visual import draw, maps  # noqa: PLC0415
-    from cnnlab.train.checkpoint import atomic_write_text  # noqa: PLC0415
-    from cnnlab.train.plots import plot_confusion, plot_curves  # noqa: PLC0415
-    from cnnlab.train.run import open_run  # noqa: PLC0415
-    from cnnlab.version import __version__  # noqa: PLC0415
-
     positive_int("errors", errors)
     if which not in ("best", "last"):
         raise CnnlabError(f"weights must be 'best' or 'last', got {which!r}")
@@ -178,7 +177,7 @@ def build_report(run: str | Path, out: str | Path | None = None, *, which: str =
     meta = run_dir.read_config() if run_dir.exists() else {}
     cfg = meta.get("config", {})
     history = run_dir.read_metrics()
-    model, card = run_dir.load_model(which)
+    model, card = load_model(run_dir, which)
     model = model.float().eval()
     notes: list[str] = []
     images = 0
@@ -186,8 +185,6 @@ def build_report(run: str | Path, out: str | Path | None = None, *, which: str =
 
     # -- at a glance
     try:
-        from cnnlab.inspect.summary import summary  # noqa: PLC0415
-
         s = summary(model, tuple(card.input_size))
         params, macs = f"{s.total_params:,}", _si(s.total_macs)
     except Exception as e:  # noqa: BLE001 - a foreign module the tracer cannot follow still gets a report

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from cnnlab.errors import CnnlabError, did_you_mean
+from cnnlab.inspect.tracer import Field, Tracer
+from cnnlab.models import is_model_name, list_models, model_info, resolve_model
 
-if TYPE_CHECKING:  # torch is imported when a summary is made, so `import cnnlab.inspect` stays light
+if TYPE_CHECKING:  # for annotations
     import torch
     from torch import nn
-
-    from cnnlab.inspect.tracer import Field
 
 
 def fmt_number(v: float) -> int | float:
@@ -199,8 +199,6 @@ def trace(model: nn.Module, input_size: tuple[int, int, int], model_name: str = 
     """
     import torch  # noqa: PLC0415
 
-    from cnnlab.inspect.tracer import Tracer  # noqa: PLC0415
-
     size = _check_input_size(input_size)
     names = {m: n for n, m in model.named_modules()}
     leaves = {m for m in names if not any(True for _ in m.children())}
@@ -301,8 +299,6 @@ def summary(
     from torch import nn  # noqa: PLC0415
 
     if isinstance(model, str):
-        from cnnlab.models import resolve_model  # noqa: PLC0415 - models import inspect's users
-
         if input_size is not None:
             _check_input_size(input_size)
         name = model.strip()
@@ -311,8 +307,6 @@ def summary(
                 built, size = resolve_model(name, input_size=input_size, num_classes=num_classes)
             return trace(built, size, model_name=name)
         except CnnlabError:
-            from cnnlab.models import is_model_name, list_models  # noqa: PLC0415
-
             hint = did_you_mean(name, list_models())
             if " " not in name and not is_model_name(name) and hint:  # a misspelt name, not a bad spec
                 raise CnnlabError(f"unknown model '{name}'{hint}; `cnnlab models` lists them all") from None
@@ -339,8 +333,6 @@ def model_stats(pattern: str = "*") -> list[dict]:
     Models are built and traced on the meta device, so the whole zoo takes seconds.
     Returns one dict per model: name, family, params, macs, input_size, num_classes, paper.
     """
-    from cnnlab.models import list_models, model_info  # noqa: PLC0415
-
     names = list_models(pattern)
     if not names:
         raise CnnlabError(

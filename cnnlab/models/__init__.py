@@ -18,6 +18,7 @@ from cnnlab.models._registry import (
     model_info,
     register_model,
 )
+from cnnlab.models.spec import build_spec
 
 # Family files register their builders on import; this order is the order of `cnnlab models`.
 for _family in ("simple", "lenet", "alexnet", "vgg", "resnet", "googlenet", "resnet_cifar"):
@@ -58,7 +59,5 @@ def resolve_model(
         return create_model(text, num_classes=num_classes, in_channels=size[0], **options), size
     if options:
         raise CnnlabError(f"options {sorted(options)} apply to registered models, not to a spec like '{text}'")
-    from cnnlab.models.spec import build_spec  # noqa: PLC0415 - only specs need the parser
-
     size = tuple(input_size) if input_size is not None else (1, 28, 28)
     return build_spec(text, input_size=size, num_classes=num_classes), size

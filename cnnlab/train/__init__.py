@@ -8,8 +8,8 @@
 
 Modules: config (TrainConfig), step (TrainStep: the one training step), loop (Trainer), callbacks,
 rundir (RunWriter: the run directory as a callback), monitor (gradient norms), optim, precision,
-checkpoint, run (run directory), distributed (DDP), recipes, lr_find, evaluate, predict, export,
-progress, plots.
+checkpoint (resume state), run (a run's model), distributed (DDP), recipes, lr_find, evaluate, predict,
+export, progress. The run directory and model card are `cnnlab.core.run`; figures are `cnnlab.core.figures`.
 """
 
 from cnnlab._callable import make_callable
@@ -22,14 +22,14 @@ from cnnlab.train.loop import NonFiniteLossError, Trainer, TrainingInterrupted, 
 from cnnlab.train.lr_find import LrFindResult, lr_find
 from cnnlab.train.predict import Prediction, predict
 from cnnlab.train.recipes import RECIPES
-from cnnlab.train.run import ModelCard, RunDir, open_run
+from cnnlab.train.run import load_model
 from cnnlab.train.rundir import RunWriter
 from cnnlab.train.step import StepOutput, TrainStep
 
 __all__ = [
-    "RECIPES", "Callback", "EvalResult", "LrFindResult", "ModelCard", "NonFiniteLossError", "Prediction", "RunDir",
-    "RunWriter", "StepOutput", "TrainConfig", "TrainResult", "TrainStep", "Trainer", "TrainingInterrupted", "evaluate",
-    "export", "lr_find", "open_run", "predict", "resolve_config", "train",
+    "RECIPES", "Callback", "EvalResult", "LrFindResult", "NonFiniteLossError", "Prediction", "RunWriter",
+    "StepOutput", "TrainConfig", "TrainResult", "TrainStep", "Trainer", "TrainingInterrupted", "evaluate",
+    "export", "load_model", "lr_find", "predict", "resolve_config", "train",
 ]
 
 make_callable(__name__, "train")

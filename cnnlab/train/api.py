@@ -15,6 +15,7 @@ from typing import Any
 
 from torch import nn
 
+from cnnlab.core.run import RunDir
 from cnnlab.errors import CnnlabError
 from cnnlab.train.config import TrainConfig, load_config_file, merge
 from cnnlab.train.loop import Callback, Trainer, TrainResult
@@ -28,8 +29,6 @@ def resolve_config(options: dict[str, Any], *, recipe: str | None = None, config
                    resume: str | Path | None = None) -> TrainConfig:
     """Defaults < recipe < config file < explicit options (`None` = not given); checked, not yet resolved."""
     if resume is not None:
-        from cnnlab.train.run import RunDir  # noqa: PLC0415
-
         run = RunDir(resume)
         if not run.exists():
             raise CnnlabError(f"cannot resume '{resume}': no config.json there; give a run directory written by cnnlab train")

@@ -1,116 +1,28 @@
-"""Files that survive crashes: atomic writes, checkpoint rotation with fallback, and safe loading.
+"""Resume state that survives crashes: checkpoint rotation with fallback, and RNG states as tensors.
 
-- Atomic: write a temporary file in the same folder, fsync it, `os.replace` it over the target, fsync
-  the folder. A crash at any point leaves either the old file or the new one, never a truncated one.
+- Atomic: each checkpoint is written with `cnnlab.core.files.atomic_write`; a crash at any point leaves
+  either the old file or the new one, never a truncated one.
 - Rotation: the new checkpoint is in place before the oldest is deleted, so the last good one is never
   removed first; resume tries the newest and falls back to older ones if it is unreadable.
-- Safe loading: weights are read only with safetensors or `torch.load(weights_only=True)`, which refuses
-  pickles that would import or call arbitrary Python. RNG states are saved as uint8 tensors for that.
+- Safe loading: checkpoints are read with `cnnlab.core.weights.safe_torch_load` (`weights_only=True`),
+  which refuses pickles that would import or call arbitrary Python. RNG states are saved as uint8 tensors for that.
 """
 
 from __future__ import annotations
 
-import io
-import json
-import os
-import pickle
+import contextlib
 import re
-import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from cnnlab.core.files import atomic_write
+from cnnlab.core.weights import safe_torch_load
 from cnnlab.errors import CnnlabError
-from cnnlab.runtime import new_file_mode
 
 CKPT_RE = re.compile(r"^ckpt-(\d{8})\.pt$")
-
-
-# ---- atomic writes -----------------------------------------------------------------------------
-def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None] | bytes) -> Path:
-    """Write `path` atomically; `write` is the bytes, or a function that writes to the open file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if isinstance(write, (bytes, bytearray)):
-                f.write(write)
-            else:
-                write(f)
-            f.flush()
-            # mkstemp creates the file 0600; give it the mode a plain open() would (0666 minus umask)
-            os.fchmod(f.fileno(), new_file_mode())
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with _suppress():
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    return atomic_write(path, text.encode())
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
-
-
-def _fsync_dir(folder: Path) -> None:
-    # The rename itself lives in the directory entry; without this a power cut can undo it.
-    if sys.platform.startswith("win"):
-        return
-    with _suppress():
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-class _suppress:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return exc[0] is not None and issubclass(exc[0], OSError)
-
-
-# ---- safe loading ------------------------------------------------------------------------------
-def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
-    """`torch.load(weights_only=True)`; a file that needs arbitrary Python objects is refused, unrun."""
-    path = Path(path)
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CnnlabError(
-            f"refused to load '{path}': it contains Python objects that could run code when unpickled "
-            f"({first[:160]}); cnnlab reads only tensors (safetensors or torch.save of plain state dicts)"
-        ) from None
-
-
-def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file  # noqa: PLC0415
-
-    try:
-        return load_file(str(path), device="cpu")
-    except Exception as e:  # safetensors raises its own SafetensorError for truncated/corrupt files
-        raise CnnlabError(f"cannot read weights '{path}': {e}; the file is damaged or not safetensors") from None
-
-
-def save_safetensors(path: str | Path, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
-    from safetensors.torch import save  # noqa: PLC0415
-
-    # safetensors stores dense row-major tensors; channels_last parameters are copied to that layout.
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-    return atomic_write(path, save(tensors, metadata=metadata))
 
 
 # ---- checkpoints -------------------------------------------------------------------------------
@@ -134,7 +46,7 @@ def save_checkpoint(folder: str | Path, state: dict[str, Any], index: int, keep:
 
     path = atomic_write(checkpoint_path(folder, index), write)
     for old in list_checkpoints(folder)[max(1, keep):]:
-        with _suppress():
+        with contextlib.suppress(OSError):
             old.unlink()
     return path
 

@@ -18,9 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnlab.core.preprocess import Preprocess
+from cnnlab.core.run import open_run
 from cnnlab.errors import CnnlabError
-from cnnlab.train.inputs import Preprocess, load_data
+from cnnlab.train.inputs import load_data
 from cnnlab.train.precision import Precision, resolve_precision
+from cnnlab.train.run import load_model
 from cnnlab.train.tta import check_tta, tta_log_probs
 
 
@@ -95,10 +98,8 @@ def evaluate(run: str | Path, data=None, *, which: str = "best", split: str = "t
     `data` is a dataset name or `cnnlab.data.Dataset`; its images are resized to the model's input size
     only through the dataset's own `image_size` option, so the classes and sizes must match the run's.
     """
-    from cnnlab.train.run import open_run  # noqa: PLC0415
-
     run_dir = open_run(run)
-    model, card = run_dir.load_model(which)
+    model, card = load_model(run_dir, which)
     image_size = None
     cfg = run_dir.read_config().get("config", {})
     if tta is None:

@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from cnnlab.core.files import atomic_path, atomic_write_json
 from cnnlab.errors import CnnlabError
-from cnnlab.train.checkpoint import atomic_write, atomic_write_json
-from cnnlab.train.run import open_run
+from cnnlab.train.run import load_model
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 
@@ -36,7 +36,7 @@ class Normalized(nn.Module):
 
 def exportable(run: str | Path, which: str = "best") -> tuple[Normalized, dict]:
     """The run's model wrapped with its normalisation (eval mode, fp32, CPU), and its card as a dict."""
-    model, card = open_run(run).load_model(which)
+    model, card = load_model(run, which)
     return Normalized(model, card.mean, card.std).eval(), card.to_dict()
 
 
@@ -50,8 +50,7 @@ def export(run: str | Path, format: str = "onnx", out: str | Path | None = None,
     path = Path(out) if out else Path(run) / "export" / f"{which}{FORMATS[fmt]}"
     path.parent.mkdir(parents=True, exist_ok=True)
     example = torch.rand(2, *card["input_size"])
-    tmp = path.with_name(f".{path.name}.partial")  # exporters write to a path; moved atomically after
-    try:
+    with atomic_path(path) as tmp:  # exporters write to a path: a private temporary one, renamed into place
         if fmt == "onnx":
             _export_onnx(wrapped, example, tmp, opset)
         else:
@@ -59,9 +58,6 @@ def export(run: str | Path, format: str = "onnx", out: str | Path | None = None,
                 warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, still widely deployed
                 traced = torch.jit.trace(wrapped, example)
             traced.save(str(tmp))
-        atomic_write(path, tmp.read_bytes())
-    finally:
-        tmp.unlink(missing_ok=True)
     info = {"input": {"shape": ["N", *card["input_size"]], "dtype": "float32", "range": [0.0, 1.0],
                       "normalisation": "included"}, "output": "logits (N, K)", **card}
     atomic_write_json(path.with_name(path.name + ".json"), info)

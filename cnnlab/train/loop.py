@@ -32,19 +32,20 @@ import numpy as np
 import torch
 from torch import nn
 
+from cnnlab.core.preprocess import Preprocess
+from cnnlab.core.run import RunDir
 from cnnlab.errors import CnnlabError
-from cnnlab.runtime import tune_allocator
 from cnnlab.train import distributed
 from cnnlab.train.callbacks import Callback
 from cnnlab.train.checkpoint import list_checkpoints, rng_state, set_rng_state
 from cnnlab.train.config import TrainConfig
 from cnnlab.train.evaluate import EvalResult, evaluate_split
-from cnnlab.train.inputs import Preprocess, load_data, parse_augment
+from cnnlab.train.inputs import load_data, parse_augment
 from cnnlab.train.monitor import GradientMonitor
 from cnnlab.train.optim import build_optimizer, build_schedule
 from cnnlab.train.precision import resolve_precision
 from cnnlab.train.progress import ProgressBar, format_seconds
-from cnnlab.train.run import RunDir, build_model, check_model_fits
+from cnnlab.train.run import build_model, check_model_fits
 from cnnlab.train.rundir import RunWriter
 from cnnlab.train.step import NonFiniteLossError, StepOutput, TrainStep
 
@@ -160,8 +161,6 @@ class Trainer:
     def _setup(self) -> None:
         cfg = self.config
         prec = resolve_precision(cfg.precision, cfg.device, cfg.channels_last)
-        if prec.device.type == "cpu":
-            tune_allocator()  # activations are re-allocated every step: keep them off the page-fault path
         self.augment = parse_augment(cfg.augment)
         self.dist = distributed.init(prec.device)
         self.precision = dataclasses.replace(prec, device=distributed.device_for(self.dist, prec.device))

@@ -19,9 +19,10 @@ from typing import Any
 
 from torch import nn
 
+from cnnlab.core.figures import save_figure, subplots
+from cnnlab.core.files import atomic_write_json
 from cnnlab.errors import CnnlabError
 from cnnlab.train.callbacks import Callback
-from cnnlab.train.checkpoint import atomic_write_json
 from cnnlab.train.config import TrainConfig
 from cnnlab.train.loop import Trainer
 from cnnlab.train.step import NonFiniteLossError
@@ -129,9 +130,7 @@ def lr_find(model: str | nn.Module = "simple_cnn", data: Any = "fashion-mnist", 
 
 
 def _plot(r: LrFindResult, path: Path, title: str) -> Path:
-    from cnnlab.train.plots import pyplot, save_figure  # noqa: PLC0415 - matplotlib is slow to import
-
-    fig, ax = pyplot().subplots(figsize=(6, 4))
+    fig, ax = subplots(figsize=(6, 4))
     ax.plot(r.lrs, r.losses)
     ax.set_xscale("log")
     ax.axvline(r.suggestion, color="tab:red", ls="--", label=f"suggested {r.suggestion:.1e}")

@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from cnnlab.core.figures import colormap, save_figure, subplots
+from cnnlab.core.files import atomic_write_text
 from cnnlab.errors import CnnlabError, positive_int
 from cnnlab.train.callbacks import Callback
 
@@ -44,7 +46,7 @@ def weight_layers(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return layers
 
 
-def _norms_tensor(weights: Sequence[nn.Parameter]) -> torch.Tensor:
+def norms_tensor(weights: Sequence[nn.Parameter]) -> torch.Tensor:
     """`(L,)` float32 L2 norms of the weights' gradients, on their device, without a host sync.
 
     A layer without a gradient (unused in the forward pass) gets 0: it receives no learning signal.
@@ -62,7 +64,7 @@ def _norms_tensor(weights: Sequence[nn.Parameter]) -> torch.Tensor:
 def gradient_norms(model: nn.Module) -> dict[str, float]:
     """`{layer name: ||dL/dW||_2}` of the gradients now in `.grad`, layers in depth order (see module doc)."""
     layers = weight_layers(model)
-    values = _norms_tensor([w for _, w in layers]).tolist()
+    values = norms_tensor([w for _, w in layers]).tolist()
     return {name: float(v) for (name, _), v in zip(layers, values, strict=True)}
 
 
@@ -89,26 +91,20 @@ def gradient_warnings(norms: dict[str, float], vanish_ratio: float = VANISH_RATI
     return out
 
 
-def _json_safe(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
     """Non-finite floats become null: strict JSON has no NaN or Infinity."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj
 
 
-def _positive(values: Sequence[float]) -> list[float]:
+def log_plottable(values: Sequence[float]) -> list[float]:
     # a log axis cannot show 0, inf or nan: leave a gap there instead of failing
     return [v if math.isfinite(v) and v > 0 else float("nan") for v in values]
-
-
-def _pyplot():
-    from cnnlab.train.plots import pyplot, save_figure  # noqa: PLC0415 - matplotlib is slow to import
-
-    return pyplot(), save_figure
 
 
 # ---- the training monitor ---------------------------------------------------------------------
@@ -150,7 +146,7 @@ class GradientMonitor(Callback):
         if self._layers is None:  # used without on_epoch_start (e.g. a custom loop)
             self._layers = weight_layers(trainer.model)
             self._interval = -(-trainer.steps_per_epoch // self.records_per_epoch)
-        norms = _norms_tensor([w for _, w in self._layers])
+        norms = norms_tensor([w for _, w in self._layers])
         bad = ~torch.isfinite(norms)
         self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad  # no host sync
         if (step - 1) % self._interval:
@@ -211,10 +207,9 @@ class GradientMonitor(Callback):
                     self.records.append(rec)
 
     def _write_jsonl(self, trainer) -> None:
-        from cnnlab.train.checkpoint import atomic_write_text  # noqa: PLC0415
 
         # rewritten whole (a few records per epoch) so a crash never leaves a half-written line
-        text = "".join(json.dumps(_json_safe(r)) + "\n" for r in self.records)
+        text = "".join(json.dumps(json_safe(r)) + "\n" for r in self.records)
         atomic_write_text(trainer.run.path / "gradients.jsonl", text)
 
 
@@ -242,19 +237,18 @@ def read_gradient_records(path: str | Path) -> list[dict[str, Any]]:
 
 def plot_gradient_records(records: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> None:
     """Log-scale gradient norm against layer depth, one line per epoch (its first record)."""
-    plt, save = _pyplot()
     firsts: dict[int, dict[str, Any]] = {}
     for r in records:
         firsts.setdefault(r["epoch"], r)
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    cmap = plt.get_cmap("viridis")
+    fig, ax = subplots(figsize=(7, 4.2))
+    cmap = colormap("viridis")
     n = len(firsts)
     for i, (epoch, r) in enumerate(sorted(firsts.items())):
         values = list(r["norms"].values())
-        ax.plot(range(1, len(values) + 1), _positive(values), "o-", ms=3, color=cmap(i / max(1, n - 1)),
+        ax.plot(range(1, len(values) + 1), log_plottable(values), "o-", ms=3, color=cmap(i / max(1, n - 1)),
                 label=f"epoch {epoch} (step {r['step']})")
     ax.set_yscale("log")
     ax.set(xlabel="layer (depth order)", ylabel="‖dL/dW‖₂ (log scale)", title=title or "gradient norm by depth")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
-    save(fig, path)
+    save_figure(fig, path)

@@ -12,8 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cnnlab.core.preprocess import Preprocess
+from cnnlab.core.run import ModelCard, open_run
 from cnnlab.errors import CnnlabError
-from cnnlab.train.run import ModelCard, open_run
+from cnnlab.train.run import load_model
 from cnnlab.train.tta import check_tta, tta_log_probs
 
 
@@ -56,10 +58,9 @@ def predict_tensor(model: torch.nn.Module, card: ModelCard, images: torch.Tensor
     """uint8 `(N, C, H, W)` -> class probabilities `(N, K)` (fp32, CPU); with a `tta` mode the mean of
     the probabilities over the views of each image (`cnnlab.train.tta`), as `cnnlab eval` computes them."""
     check_tta(tta)
-    mean = torch.tensor(card.mean).view(1, -1, 1, 1)
-    std = torch.tensor(card.std).view(1, -1, 1, 1)
+    prep = Preprocess(card.mean, card.std, images.device, channels_last=False)
     with torch.inference_mode():
-        return tta_log_probs(model, images, lambda view: (view.float() / 255.0 - mean) / std, tta).exp()
+        return tta_log_probs(model, images, prep, tta).exp()
 
 
 def predict(run: str | Path, images: list[str | Path], *, top_k: int = 5, which: str = "best",
@@ -71,7 +72,7 @@ def predict(run: str | Path, images: list[str | Path], *, top_k: int = 5, which:
     if not isinstance(top_k, int) or top_k < 1:
         raise CnnlabError(f"top-k must be a positive integer, got {top_k!r}")
     run_dir = open_run(run)
-    model, card = run_dir.load_model(which)
+    model, card = load_model(run_dir, which)
     if tta is None:
         tta = run_dir.read_config().get("config", {}).get("tta", "none")
     batch = torch.stack([load_image(p, card.input_size) for p in images])

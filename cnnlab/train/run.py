@@ -1,72 +1,24 @@
-"""The run directory: everything a finished (or interrupted) training run leaves behind.
+"""Models and run directories: rebuild a run's model from its card, and check a model fits the data.
 
-    RUN/
-      config.json          resolved options, seed, versions, device: enough to reproduce the run
-      metrics.jsonl        one JSON object per epoch (losses, accuracies, lr, seconds, images/s)
-      best.safetensors     weights of the epoch with the best held-out accuracy
-      best.json            what is needed to rebuild and use them (model, classes, input size, normalisation)
-      last.safetensors     weights after the last finished epoch
-      last.json
-      checkpoints/ckpt-*.pt  resume state (model, optimizer, RNG, history), newest `keep` kept
-      curves.png           loss and accuracy per epoch, train and test
-      confusion.png        confusion matrix of the last evaluation
+The run directory itself (files, model card) is `cnnlab.core.run`; building models needs `cnnlab.models`,
+which core may not import, so it lives here.
 """
 
 from __future__ import annotations
 
-import json
-import platform
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from cnnlab.core.run import ModelCard, RunDir, open_run
 from cnnlab.errors import CnnlabError
-from cnnlab.train.checkpoint import atomic_write_json, atomic_write_text, load_safetensors, save_safetensors
-
-WEIGHTS_FORMAT = "cnnlab-weights-1"
-
-
-@dataclass
-class ModelCard:
-    """The small JSON beside the weights: how to rebuild the model and feed it."""
-
-    model: str  # registered name or spec text, as given to `cnnlab train --model`
-    model_options: dict[str, Any]  # extra builder options (e.g. dropout)
-    num_classes: int
-    classes: list[str]
-    input_size: tuple[int, int, int]  # (C, H, W) the model was trained on
-    mean: tuple[float, ...]  # per-channel normalisation of images scaled to [0, 1]
-    std: tuple[float, ...]
-    dataset: str
-    epoch: int  # 1-based epoch these weights come from
-    accuracy: float | None = None  # held-out accuracy at that epoch, in [0, 1]
-    format: str = WEIGHTS_FORMAT
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dict(self.__dict__)
-        d["input_size"] = list(self.input_size)
-        d["mean"], d["std"] = list(self.mean), list(self.std)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelCard:
-        if d.get("format") != WEIGHTS_FORMAT:
-            raise CnnlabError(f"unknown weights format {d.get('format')!r}; expected {WEIGHTS_FORMAT!r}")
-        d = dict(d)
-        d["input_size"] = tuple(d["input_size"])
-        d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
-        return cls(**d)
+from cnnlab.models import model_info, resolve_model
 
 
 def build_model(text: str, input_size: tuple[int, int, int], num_classes: int, options: dict[str, Any] | None = None) -> nn.Module:
     """A registered name (with builder options) or a spec -> model for `(C, H, W)` inputs and `num_classes`."""
-    from cnnlab.models import model_info, resolve_model  # noqa: PLC0415
-
     name = text.strip()
     if name.startswith("<module"):
         raise CnnlabError(f"this run was trained from a Python module ({name}), which cannot be rebuilt from its name; "
@@ -103,89 +55,15 @@ def check_model_fits(model: nn.Module, input_size: tuple[int, int, int], num_cla
         )
 
 
-def environment() -> dict[str, Any]:
-    """Versions and machine, for config.json."""
-    import numpy  # noqa: PLC0415
-
-    from cnnlab.version import __version__  # noqa: PLC0415
-
-    return {
-        "cnnlab": __version__,
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "threads": torch.get_num_threads(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
-
-
-class RunDir:
-    """Reads and writes one run directory. Only rank 0 writes under DDP (the caller ensures it)."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.path / "checkpoints"
-
-    def exists(self) -> bool:
-        return (self.path / "config.json").is_file()
-
-    def write_config(self, config: dict[str, Any]) -> None:
-        atomic_write_json(self.path / "config.json", config)
-
-    def read_config(self) -> dict[str, Any]:
-        return json.loads((self.path / "config.json").read_text())
-
-    def write_metrics(self, history: list[dict[str, Any]]) -> None:
-        # Rewritten whole from the checkpointed history, so it never disagrees with what resume restores.
-        atomic_write_text(self.path / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
-
-    def read_metrics(self) -> list[dict[str, Any]]:
-        path = self.path / "metrics.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-
-    def save_weights(self, which: str, model: nn.Module, card: ModelCard) -> None:
-        """`which.safetensors` then `which.json`; each atomic, the JSON last so it names finished weights."""
-        save_safetensors(self.path / f"{which}.safetensors", model.state_dict(),
-                         metadata={"format": WEIGHTS_FORMAT, "model": card.model, "epoch": str(card.epoch)})
-        atomic_write_json(self.path / f"{which}.json", card.to_dict())
-
-    def card(self, which: str = "best") -> ModelCard:
-        path = self.path / f"{which}.json"
-        if not path.is_file():
-            found = sorted(p.stem for p in self.path.glob("*.json") if p.stem not in ("config",))
-            raise CnnlabError(f"no weights '{which}' in run '{self.path}'; found: {', '.join(found) or 'none'}")
-        return ModelCard.from_dict(json.loads(path.read_text()))
-
-    def load_model(self, which: str = "best") -> tuple[nn.Module, ModelCard]:
-        """Rebuild the model from `which.json` and load `which.safetensors` into it (eval mode, CPU)."""
-        card = self.card(which)
-        model = build_model(card.model, card.input_size, card.num_classes, card.model_options)
-        state = load_safetensors(self.path / f"{which}.safetensors")
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise CnnlabError(
-                f"weights '{which}' in '{self.path}' do not match model '{card.model}': "
-                f"missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]}"
-            )
-        return model.eval(), card
-
-
-def open_run(path: str | Path) -> RunDir:
-    """An existing run directory, or a one-line error saying what a run directory holds."""
-    run = RunDir(path)
-    if not run.path.is_dir():
-        raise CnnlabError(f"run directory not found: '{path}'; give the folder `cnnlab train` printed (e.g. runs/...)")
-    if not any((run.path / f"{w}.json").is_file() for w in ("best", "last")):
-        raise CnnlabError(f"'{path}' is not a finished cnnlab run (no best.json or last.json); train one with `cnnlab train`")
-    return run
-
-
-def default_run_name(model: str, data: str) -> str:
-    safe = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in model.strip())[:40].strip("-") or "model"
-    return f"{safe}-{data}-{time.strftime('%Y%m%d-%H%M%S')}"
+def load_model(run: str | Path | RunDir, which: str = "best") -> tuple[nn.Module, ModelCard]:
+    """Rebuild the model of run `run` from `which.json` and load `which.safetensors` into it (eval mode, CPU)."""
+    run_dir = run if isinstance(run, RunDir) else open_run(run)
+    state, card = run_dir.load_weights(which)
+    model = build_model(card.model, card.input_size, card.num_classes, card.model_options)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CnnlabError(
+            f"weights '{which}' in '{run_dir.path}' do not match model '{card.model}': "
+            f"missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]}"
+        )
+    return model.eval(), card

@@ -18,12 +18,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cnnlab.core.figures import plot_confusion, plot_curves
+from cnnlab.core.run import ModelCard, RunDir, default_run_name, environment
 from cnnlab.errors import CnnlabError
 from cnnlab.layers._native import status as native_status
 from cnnlab.train import distributed
 from cnnlab.train.callbacks import Callback
 from cnnlab.train.checkpoint import list_checkpoints, load_latest_checkpoint, save_checkpoint
-from cnnlab.train.run import ModelCard, RunDir, default_run_name, environment
 
 if TYPE_CHECKING:
     from cnnlab.train.evaluate import EvalResult
@@ -114,8 +115,6 @@ class RunWriter(Callback):
     def on_fit_end(self, trainer: Trainer, last_eval: EvalResult | None) -> None:
         if not (trainer.dist.is_main and trainer.history and self.plots):
             return
-        from cnnlab.train.plots import plot_confusion, plot_curves  # noqa: PLC0415 - matplotlib is slow to import
-
         cfg = trainer.config
         plot_curves(trainer.history, self.run.path / "curves.png", title=f"{cfg.model} on {cfg.data}")
         if last_eval is not None:

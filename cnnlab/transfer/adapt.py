@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnlab.core.preprocess import Preprocess, to_unit
 from cnnlab.errors import CnnlabError
 
 _LUMA = (0.299, 0.587, 0.114)
@@ -39,8 +40,7 @@ class InputAdapter(nn.Module):
             raise CnnlabError(f"normalisation needs {c_out} values per statistic, got mean={tuple(mean)} std={tuple(std)}")
         self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
         self.stats_from = stats_from
-        self.register_buffer("_mean", torch.tensor(self.mean).view(1, c_out, 1, 1), persistent=False)
-        self.register_buffer("_std", torch.tensor(self.std).view(1, c_out, 1, 1), persistent=False)
+        self._preps: dict[torch.device, Preprocess] = {}  # one per device the images come on
 
     @property
     def changes(self) -> list[str]:
@@ -63,7 +63,7 @@ class InputAdapter(nn.Module):
         return f"adapt-v1|{self.data_size}|{self.out_size}|{self.mean}|{self.std}"
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+        x = to_unit(images) if images.dtype == torch.uint8 else images.float()
         ci, co = self.data_size[0], self.out_size[0]
         if ci == 1 and co == 3:
             x = x.expand(-1, 3, -1, -1)  # (N, 3, H, W), a view
@@ -72,7 +72,10 @@ class InputAdapter(nn.Module):
             x = (x * w).sum(1, keepdim=True)  # (N, 1, H, W)
         if tuple(x.shape[-2:]) != self.out_size[1:]:
             x = F.interpolate(x, size=self.out_size[1:], mode="bilinear", antialias=True, align_corners=False)
-        return (x - self._mean) / self._std
+        prep = self._preps.get(x.device)
+        if prep is None:
+            prep = self._preps[x.device] = Preprocess(self.mean, self.std, x.device, channels_last=False)
+        return prep.normalise(x)
 
 
 def make_adapter(data_size: Sequence[int], backbone, data_mean: Sequence[float], data_std: Sequence[float],

@@ -26,6 +26,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from cnnlab.core.figures import save_figure, subplots
+from cnnlab.core.files import atomic_write_json, atomic_write_text
+from cnnlab.data import load_dataset
 from cnnlab.data.memory import stratified_sample
 from cnnlab.errors import CnnlabError
 from cnnlab.transfer.adapt import make_adapter
@@ -63,8 +66,6 @@ class TransferResult:
 
 
 def _load_data(data, train_per_class: int | None, seed: int, data_dir=None):
-    from cnnlab.data import load_dataset  # noqa: PLC0415
-
     ds = load_dataset(data, data_dir=data_dir) if isinstance(data, str) else data
     if not hasattr(ds.train, "images"):
         raise CnnlabError(f"transfer needs a dataset held in memory; '{ds.name}' streams from disk")
@@ -235,8 +236,6 @@ def transfer(backbone: str | Backbone, data: Any, *, strategy: str = "auto", hea
                             details={"train_per_class": train_per_class, "seed": seed, "steps": steps, "lr": lr,
                                      "backbone_source": bb.source, "weights_sha256": bb.weights_id})
     if out is not None:
-        from cnnlab.train.checkpoint import atomic_write_json, atomic_write_text  # noqa: PLC0415
-
         result.path = Path(out)
         atomic_write_json(result.path / "results.json", result.to_dict())
         atomic_write_text(result.path / "results.md", result.table() + "\n")
@@ -282,14 +281,10 @@ def probe(backbone: str | Backbone, data: Any, *, train_per_class: int | None = 
         log(f"  {depth:>2} {layer:<14} {tr.x.shape[1]:>7,} features  {100 * rows[-1]['test_accuracy']:6.2f}%")
     result = ProbeResult(str(backbone), ds.name, rows)
     if out is not None:
-        from cnnlab.train.checkpoint import atomic_write_json, atomic_write_text  # noqa: PLC0415
-        from cnnlab.train.plots import pyplot, save_figure  # noqa: PLC0415
-
         result.path = Path(out)
         atomic_write_json(result.path / "probe.json", {"backbone": result.backbone, "data": ds.name, "rows": rows})
         atomic_write_text(result.path / "probe.md", result.table() + "\n")
-        plt = pyplot()
-        fig, ax = plt.subplots(figsize=(6, 3.6))
+        fig, ax = subplots(figsize=(6, 3.6))
         ax.plot([r["depth"] for r in rows], [100 * r["test_accuracy"] for r in rows], "o-")
         ax.set_xticks([r["depth"] for r in rows], [r["layer"] for r in rows], rotation=30, ha="right")
         ax.set_ylabel("linear-probe test accuracy (%)")

@@ -34,7 +34,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from cnnlab.core.run import open_run
+from cnnlab.core.weights import load_safetensors, safe_torch_load
 from cnnlab.errors import CnnlabError, did_you_mean
+from cnnlab.models import create_model, is_model_name, list_models, model_info
+from cnnlab.train.run import build_model, load_model
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -88,8 +92,6 @@ def weights_digest(model: nn.Module) -> str:
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    from cnnlab.train.checkpoint import load_safetensors, safe_torch_load  # noqa: PLC0415
-
     if not path.is_file():
         raise CnnlabError(f"weights file not found: '{path}'; give a .pth state dict or .safetensors file")
     if path.suffix == ".safetensors":
@@ -154,13 +156,9 @@ def fetch_imagenet_state(name: str, url: str | None = None) -> dict[str, torch.T
 
 def load_backbone(text: str) -> Backbone:
     """A run directory, `NAME:PATH`, `NAME:imagenet`, or `NAME[:random]` -> `Backbone` (see module doc)."""
-    from cnnlab.models import create_model, is_model_name, list_models, model_info  # noqa: PLC0415
-
     text = str(text).strip()
     if Path(text).is_dir():
-        from cnnlab.train.run import build_model, open_run  # noqa: PLC0415
-
-        model, card = open_run(text).load_model("best")
+        model, card = load_model(open_run(text), "best")
         return Backbone(model.eval(), card.model, f"run {text}", tuple(card.input_size), tuple(card.mean),
                         tuple(card.std), weights_digest(model),
                         fresh=lambda: build_model(card.model, card.input_size, card.num_classes, card.model_options),
@@ -196,8 +194,6 @@ def load_backbone(text: str) -> Backbone:
 def _head_depends_on_size(name: str) -> bool:
     """Specs and the small zoo nets flatten a map whose size depends on H and W; the ImageNet nets pool
     adaptively and take other sizes (we still resize to the size they were trained at by default)."""
-    from cnnlab.models import is_model_name, model_info  # noqa: PLC0415
-
     if not is_model_name(name):
         return True
     return tuple(model_info(name).input_size) != (3, 224, 224)

@@ -11,7 +11,6 @@ Files are written atomically (`<cache>/<key>.safetensors`), so an interrupted ru
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,15 +18,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cnnlab.train.checkpoint import load_safetensors, save_safetensors
+from cnnlab.core.paths import feature_cache_dir
+from cnnlab.core.weights import load_safetensors, save_safetensors
+from cnnlab.train.precision import resolve_precision
 
 CACHE_VERSION = "features-v1"
-
-
-def default_cache_dir() -> Path:
-    """`$CNNLAB_FEATURE_CACHE`, else `~/.cache/cnnlab/features`."""
-    env = os.environ.get("CNNLAB_FEATURE_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "cnnlab" / "features"
 
 
 def data_digest(images: torch.Tensor, labels: torch.Tensor) -> str:
@@ -52,8 +47,6 @@ class Features:
 
 
 def _precision(device: torch.device, precision: str):
-    from cnnlab.train.precision import resolve_precision  # noqa: PLC0415
-
     return resolve_precision(precision, device, channels_last=True)
 
 
@@ -85,7 +78,7 @@ def cached_features(body: nn.Module, adapter, images: torch.Tensor, labels: torc
     prec_name = _precision(device, precision).name
     parts = [CACHE_VERSION, weights_id, layer, pool, data_digest(images, labels), adapter.key(), prec_name]
     key = hashlib.sha256("\n".join(parts).encode()).hexdigest()
-    path = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    path = Path(cache_dir).expanduser() if cache_dir is not None else feature_cache_dir()
     file = path / f"{key[:32]}.safetensors"
     t0 = time.perf_counter()
     if use_cache and file.is_file():

@@ -12,6 +12,8 @@ import math
 import numpy as np
 import torch
 
+from cnnlab.core.figures import figure_png, subplots
+
 BACKGROUND = (64, 64, 64)  # dark grey: the blue-white-red colour map never produces it (one channel is 255)
 
 
@@ -61,19 +63,6 @@ def kernel_grid(weight: torch.Tensor, tile: int = 48, gap: int = 4) -> np.ndarra
     return grid
 
 
-def _plt():
-    from cnnlab.train.plots import pyplot  # noqa: PLC0415 - the project's one headless matplotlib setup
-
-    return pyplot()
-
-
-def figure_png(fig) -> bytes:
-    """A matplotlib figure -> PNG bytes; the figure is closed."""
-    from cnnlab.train.plots import figure_png as png  # noqa: PLC0415 - matplotlib is slow to import
-
-    return png(fig)
-
-
 def _show_image(ax, image: torch.Tensor) -> None:
     """uint8 `(C, H, W)` on an axis: grey for one channel, colour for three."""
     arr = image.cpu().numpy()
@@ -91,9 +80,8 @@ def features_figure(image: torch.Tensor, maps: dict[str, torch.Tensor], per_laye
         image: uint8 `(C, H, W)` as fed to the model (before normalisation).
         maps: `{layer: (C', H', W')}`; each channel is coloured on its own min-max scale.
     """
-    plt = _plt()
     cols = per_layer
-    fig, axes = plt.subplots(1 + len(maps), cols, figsize=(1.3 * cols, 1.5 * (1 + len(maps))), squeeze=False)
+    fig, axes = subplots(1 + len(maps), cols, figsize=(1.3 * cols, 1.5 * (1 + len(maps))), squeeze=False)
     for ax in axes.flat:
         ax.set_axis_off()
     _show_image(axes[0, 0], image)
@@ -114,8 +102,7 @@ def features_figure(image: torch.Tensor, maps: dict[str, torch.Tensor], per_laye
 
 def heatmap_figure(image: torch.Tensor, heat: torch.Tensor, heat_title: str, title: str) -> bytes:
     """Three panels: the image, the heat map `(H, W)` in [0, 1], and the map over the image."""
-    plt = _plt()
-    fig, axes = plt.subplots(1, 3, figsize=(9, 3.3))
+    fig, axes = subplots(1, 3, figsize=(9, 3.3))
     _show_image(axes[0], image)
     axes[0].set_title("input", fontsize=9)
     im = axes[1].imshow(heat.cpu().numpy(), cmap="inferno", vmin=0, vmax=1, interpolation="nearest")
@@ -131,11 +118,10 @@ def heatmap_figure(image: torch.Tensor, heat: torch.Tensor, heat_title: str, tit
 
 def mistakes_figure(images: list[torch.Tensor], captions: list[str], title: str, cols: int = 8) -> bytes:
     """A grid of uint8 `(C, H, W)` images, each with its caption above it."""
-    plt = _plt()
     n = max(1, len(images))
     cols = min(cols, n)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.45 * cols, 1.75 * rows + 0.4), squeeze=False)
+    fig, axes = subplots(rows, cols, figsize=(1.45 * cols, 1.75 * rows + 0.4), squeeze=False)
     for ax in axes.flat:
         ax.set_axis_off()
     for ax, image, caption in zip(axes.flat, images, captions, strict=False):

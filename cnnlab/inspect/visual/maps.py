@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnlab.core.preprocess import Preprocess
 from cnnlab.errors import CnnlabError, did_you_mean
 
 
@@ -205,12 +206,10 @@ def predict_images(model: nn.Module, images: torch.Tensor, mean, std, batch_size
     Normalised with the run's per-channel `mean` and `std`, as `cnnlab predict` does.
     """
     model.eval()
-    c = images.shape[1]
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1)
+    prep = Preprocess(mean, std, images.device, channels_last=False)
     confs, preds = [], []
     for i in range(0, len(images), batch_size):
-        x = (images[i:i + batch_size].float() / 255.0 - mean_t) / std_t
+        x = prep(images[i:i + batch_size])
         conf, pred = torch.softmax(model(x).float(), dim=1).max(1)
         confs.append(conf)
         preds.append(pred)

@@ -18,8 +18,14 @@ from typing import Any
 
 import torch
 
+from cnnlab.core.files import atomic_write
+from cnnlab.core.preprocess import Preprocess
+from cnnlab.core.run import open_run
 from cnnlab.errors import CnnlabError, positive_int
 from cnnlab.inspect.visual import draw, maps
+from cnnlab.train.inputs import load_data
+from cnnlab.train.predict import load_image
+from cnnlab.train.run import load_model
 
 METHODS = ("gradient", "gradcam")
 
@@ -47,34 +53,20 @@ def _out_path(run_path: Path, out: str | Path | None, default: str) -> Path:
 
 
 def _write(path: Path, png: bytes) -> Path:
-    from cnnlab.train.checkpoint import atomic_write  # noqa: PLC0415
-
     return atomic_write(path, png)
 
 
 def _load(run: str | Path, which: str):
     """(RunDir, model in eval mode on the CPU, ModelCard)."""
-    from cnnlab.train.run import open_run  # noqa: PLC0415 - inspect stays importable without the engine
-
     run_dir = open_run(run)
-    model, card = run_dir.load_model(which)
+    model, card = load_model(run_dir, which)
     return run_dir, model.float().eval(), card
-
-
-def normalise(images: torch.Tensor, mean, std) -> torch.Tensor:
-    """uint8 `(N, C, H, W)` -> float32 `(N, C, H, W)` scaled to [0, 1] and normalised; as `cnnlab predict` does."""
-    c = images.shape[1]
-    m = torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1)
-    return (images.float() / 255.0 - m) / s
 
 
 def load_input(image: str | Path, card) -> tuple[torch.Tensor, torch.Tensor]:
     """An image file -> (uint8 `(C, H, W)` at the run's size, normalised float `(1, C, H, W)`)."""
-    from cnnlab.train.predict import load_image  # noqa: PLC0415
-
     pixels = load_image(image, tuple(card.input_size))
-    return pixels, normalise(pixels.unsqueeze(0), card.mean, card.std)
+    return pixels, Preprocess(card.mean, card.std, channels_last=False)(pixels.unsqueeze(0))
 
 
 def _stem(image: str | Path) -> str:
@@ -83,8 +75,6 @@ def _stem(image: str | Path) -> str:
 
 def run_split(run_dir, card, split: str = "test", data=None, data_dir=None):
     """The run's dataset split (loaded as training loaded it), or `split` of `data` if given."""
-    from cnnlab.train.inputs import load_data  # noqa: PLC0415
-
     cfg = run_dir.read_config().get("config", {}) if run_dir.exists() else {}
     image_size = cfg.get("image_size") if data is None else None
     ds = load_data(card.dataset if data is None else data, data_dir=data_dir or cfg.get("data_dir"),

@@ -21,23 +21,16 @@ import tempfile
 import threading
 from pathlib import Path
 
+from cnnlab.core.paths import native_cache_dir
+
 _SOURCE = Path(__file__).with_name("maxpool2x2.c")
 _ENV_OFF = "CNNLAB_NATIVE"
-_ENV_CACHE = "CNNLAB_NATIVE_CACHE"
 # -fopenmp: the kernels split a batch over OpenMP threads. Loaded after torch, `libgomp.so.1` resolves to
 # the copy torch already loaded (same soname), so they run on torch's own thread pool.
 _FLAG_SETS = (["-O3", "-fPIC", "-shared", "-fopenmp"], ["-O3", "-fPIC", "-shared"])
 
 _lock = threading.Lock()
 _state: dict = {"done": False, "lib": None, "why": "not loaded yet"}
-
-
-def _cache_dir() -> Path:
-    env = os.environ.get(_ENV_CACHE)
-    if env:
-        return Path(env).expanduser()
-    # the user cache directory of cnnlab.data.locate (layers may not import data)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cnnlab" / "native"
 
 
 def _compiler() -> str | None:
@@ -97,7 +90,7 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     import torch  # noqa: F401  (torch's libgomp must be loaded first, so the kernels share its threads)
 
     why = ""
-    for out_dir in (_cache_dir(), Path(tempfile.gettempdir()) / f"cnnlab-native-{os.getuid()}"):
+    for out_dir in (native_cache_dir(), Path(tempfile.gettempdir()) / f"cnnlab-native-{os.getuid()}"):
         for _ in range(2):  # a damaged file found in the cache is removed and built again, once
             try:
                 path, why = _build(cc, out_dir)

@@ -1,4 +1,12 @@
-"""The two pictures of a run: learning curves and the confusion matrix (matplotlib, no display needed)."""
+"""Figures without global state: matplotlib `Figure`s on the Agg canvas, saved as PNG.
+
+No pyplot and no backend switching: a figure made here belongs to no figure manager, needs no display,
+is freed when it goes out of scope, and leaves `matplotlib.get_backend()` and a notebook's inline plots
+as they were. matplotlib is imported inside the functions: it is slow to import and only needed when a
+figure is drawn.
+
+Also the two pictures of a run: learning curves and the confusion matrix.
+"""
 
 from __future__ import annotations
 
@@ -6,40 +14,55 @@ import io
 from pathlib import Path
 from typing import Any
 
-from cnnlab.train.checkpoint import atomic_write
+import numpy as np
+
+from cnnlab.core.files import atomic_write
+
+DPI = 110  # PNG resolution: 28x28 images and 10-class matrices stay legible at a modest file size
 
 
-def pyplot():
-    """matplotlib.pyplot on the headless Agg backend: the project's one matplotlib set-up."""
+def new_figure(figsize: tuple[float, float] | None = None, **kwargs: Any):
+    """A `matplotlib.figure.Figure` with its own Agg canvas (keyword arguments as `Figure` takes them)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
+    from matplotlib.figure import Figure  # noqa: PLC0415
+
+    fig = Figure(figsize=figsize, **kwargs)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float] | None = None, **kwargs: Any):
+    """`(figure, axes)` as `pyplot.subplots` returns them, on a figure of `new_figure`."""
+    fig = new_figure(figsize)
+    return fig, fig.subplots(nrows, ncols, **kwargs)
+
+
+def colormap(name: str):
+    """matplotlib's registered colormap `name` (e.g. "viridis")."""
     import matplotlib  # noqa: PLC0415
 
-    matplotlib.use("Agg")  # headless: never needs a display
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    return plt
+    return matplotlib.colormaps[name]
 
 
 def figure_png(fig) -> bytes:
-    """A matplotlib figure -> PNG bytes (110 dpi, tight); the figure is closed."""
+    """A matplotlib figure -> PNG bytes (110 dpi, tight bounding box)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    pyplot().close(fig)
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
     return buf.getvalue()
 
 
 def save_figure(fig, path: str | Path) -> Path:
-    """Write a figure as PNG to `path`, atomically, and close it."""
+    """Write a figure as PNG to `path`, atomically."""
     return atomic_write(path, figure_png(fig))
 
 
 def plot_curves(history: list[dict[str, Any]], path: str | Path, title: str = "") -> None:
     """Loss (left) and accuracy in % (right) per epoch, train and test (or val)."""
-    plt = pyplot()
     epochs = [h["epoch"] for h in history]
     held = "val" if any(h.get("val_accuracy") is not None for h in history) else "test"
     # with --eval-every some epochs have no held-out figures: plot those that were measured
     seen = [h for h in history if h.get(f"{held}_accuracy") is not None]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (ax_loss, ax_acc) = subplots(1, 2, figsize=(10, 3.8))
     ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
     ax_loss.plot([h["epoch"] for h in seen], [h[f"{held}_loss"] for h in seen], "s-", label=held)
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
@@ -58,14 +81,11 @@ def plot_curves(history: list[dict[str, Any]], path: str | Path, title: str = ""
 
 def plot_confusion(confusion, classes: list[str], path: str | Path, title: str = "") -> None:
     """Rows: true class, columns: predicted class; cells count images, colour is the row share."""
-    import numpy as np  # noqa: PLC0415
-
-    plt = pyplot()
     cm = np.asarray(confusion, dtype=np.int64)
     share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
     k = len(classes)
     size = max(4.0, 0.55 * k + 2)
-    fig, ax = plt.subplots(figsize=(size, size))
+    fig, ax = subplots(figsize=(size, size))
     ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     if k <= 20:
         for i in range(k):
