@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnlab.core.runlock import RunLock, claim_run_dir
 from cnnlab.errors import CnnlabError
 from cnnlab.layers._native import status as native_status
 from cnnlab.runtime import tune_allocator
@@ -129,6 +130,7 @@ class Trainer:
                 cb.on_warning = lambda msg: self.warn(f"gradient warning: {msg}")
         self.bar: ProgressBar | None = None  # the current epoch's, while it trains
         self._stop_signal: int | None = None
+        self.run_lock: RunLock | None = None  # held by rank 0 from setup to the end of fit()
 
     # ---- output -------------------------------------------------------------------------------
     def log(self, message: str) -> None:
@@ -228,13 +230,14 @@ class Trainer:
             path = Path("runs") / name
         path = Path(distributed.broadcast_object(str(path)))
         self.run = RunDir(path)
-        has_ckpt = bool(list_checkpoints(self.run.checkpoints))
-        # torchrun restarted us after a failure: continue the run instead of refusing its folder
-        self.resuming = self.resume is not None or (info.restart > 0 and has_ckpt)
-        if self.resume is not None and not has_ckpt:
-            raise CnnlabError(f"cannot resume '{path}': no checkpoints in {self.run.checkpoints}")
-        if not self.resuming and self.run.exists():
-            raise CnnlabError(f"run directory '{path}' already holds a run; continue it with --resume {path} or choose another --out")
+        # rank 0 locks the folder for the whole run and decides how it starts; torchrun restarted us after
+        # a failure: continue the run instead of refusing its folder
+        claim = claim_run_dir(path, resume=self.resume is not None, restarted=info.restart > 0,
+                              has_checkpoint=lambda: bool(list_checkpoints(self.run.checkpoints))) if info.is_main else None
+        self.run_lock = claim.lock if claim else None
+        self.resuming = distributed.broadcast_object(claim.resuming if claim else None)
+        for note in claim.notes if claim else ():
+            self.log(note)
         distributed.barrier()  # every rank has checked the folder before rank 0 writes into it
         if info.is_main and not self.resuming:
             self.run.write_config(self._config_record())
@@ -317,6 +320,13 @@ class Trainer:
 
     # ---- the loop -----------------------------------------------------------------------------
     def fit(self) -> TrainResult:
+        try:
+            return self._fit()
+        finally:
+            if self.run_lock is not None:
+                self.run_lock.release()  # the run folder is free for a --resume or a reader from here on
+
+    def _fit(self) -> TrainResult:
         self._setup()
         cfg = self.config
         old_handlers = self._install_signals()
