@@ -10,6 +10,7 @@
       checkpoints/ckpt-*.pt  resume state (model, optimizer, RNG, history), newest `keep` kept
       curves.png           loss and accuracy per epoch, train and test
       confusion.png        confusion matrix of the last evaluation
+      .cnnlab-run.lock     locked by the process writing the run (its pid inside); marks the folder as a run
 """
 
 from __future__ import annotations
