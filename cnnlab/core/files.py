@@ -19,6 +19,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import secrets
 import shutil
 import sys
@@ -30,6 +31,9 @@ TEMP_SUFFIX = ".tmp"  # every temporary name ends in this: `.<name>.<random>.tmp
 _ATTEMPTS = 100  # names drawn before giving up: each collision means a planted or leftover entry
 _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0) \
     | getattr(os, "O_BINARY", 0)
+
+
+TEMP_PATTERN = re.compile(r"^\..+\.[0-9a-f]{16}\.tmp$")  # every name `temp_name` makes (stale ones are cleaned)
 
 
 def temp_name(name: str) -> str:

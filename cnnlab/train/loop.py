@@ -34,6 +34,7 @@ from torch import nn
 
 from cnnlab.core.preprocess import Preprocess
 from cnnlab.core.run import RunDir
+from cnnlab.core.runlock import RunLock
 from cnnlab.errors import CnnlabError
 from cnnlab.train import distributed
 from cnnlab.train.callbacks import Callback
@@ -138,6 +139,7 @@ class Trainer:
         self.last_step: StepOutput | None = None  # loss and logits of the latest step
         self._stop_signal: int | None = None
         self._stop_now = False  # a stop signal seen by every rank at this step (set by `_check`)
+        self.run_lock: RunLock | None = None  # held by rank 0 from setup to the end of fit()
 
     # ---- output -------------------------------------------------------------------------------
     def log(self, message: str) -> None:
@@ -292,6 +294,13 @@ class Trainer:
 
     # ---- the loop -----------------------------------------------------------------------------
     def fit(self) -> TrainResult:
+        try:
+            return self._fit()
+        finally:
+            if self.run_lock is not None:
+                self.run_lock.release()  # the run folder is free for a --resume or a reader from here on
+
+    def _fit(self) -> TrainResult:
         self._setup()
         cfg = self.config
         old_handlers = self._install_signals()

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from cnnlab.core.figures import plot_confusion, plot_curves
 from cnnlab.core.run import ModelCard, RunDir, default_run_name, environment
-from cnnlab.errors import CnnlabError
+from cnnlab.core.runlock import claim_run_dir
 from cnnlab.layers._native import status as native_status
 from cnnlab.train import distributed
 from cnnlab.train.callbacks import Callback
@@ -55,13 +55,14 @@ class RunWriter(Callback):
             path = Path("runs") / name
         path = Path(distributed.broadcast_object(str(path)))
         self.run = trainer.run = RunDir(path)
-        has_ckpt = bool(list_checkpoints(self.run.checkpoints))
-        # torchrun restarted us after a failure: continue the run instead of refusing its folder
-        resuming = self.resume is not None or (info.restart > 0 and has_ckpt)
-        if self.resume is not None and not has_ckpt:
-            raise CnnlabError(f"cannot resume '{path}': no checkpoints in {self.run.checkpoints}")
-        if not resuming and self.run.exists():
-            raise CnnlabError(f"run directory '{path}' already holds a run; continue it with --resume {path} or choose another --out")
+        # rank 0 locks the folder for the whole run (the Trainer releases it when fit() ends) and decides how
+        # it starts; torchrun restarted us after a failure: continue the run instead of refusing its folder
+        claim = claim_run_dir(path, resume=self.resume is not None, restarted=info.restart > 0,
+                              has_checkpoint=lambda: bool(list_checkpoints(self.run.checkpoints))) if info.is_main else None
+        trainer.run_lock = claim.lock if claim else None
+        resuming = distributed.broadcast_object(claim.resuming if claim else None)
+        for note in claim.notes if claim else ():
+            trainer.log(note)
         distributed.barrier()  # every rank has checked the folder before rank 0 writes into it
         if resuming:
             self._restore(trainer)
