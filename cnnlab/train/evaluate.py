@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlab.errors import CnnlabError
+from cnnlab.train.finite import check_finite_weights
 from cnnlab.train.inputs import Preprocess, load_data
 from cnnlab.train.precision import Precision, resolve_precision
 from cnnlab.train.tta import check_tta, tta_log_probs
@@ -99,6 +100,7 @@ def evaluate(run: str | Path, data=None, *, which: str = "best", split: str = "t
 
     run_dir = open_run(run)
     model, card = run_dir.load_model(which)
+    check_finite_weights(model.state_dict(), run_dir.path / f"{which}.safetensors", which)
     image_size = None
     cfg = run_dir.read_config().get("config", {})
     if tta is None:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from cnnlab.errors import CnnlabError
+from cnnlab.train.finite import check_finite_weights
 from cnnlab.train.run import ModelCard, open_run
 from cnnlab.train.tta import check_tta, tta_log_probs
 
@@ -72,6 +73,7 @@ def predict(run: str | Path, images: list[str | Path], *, top_k: int = 5, which:
         raise CnnlabError(f"top-k must be a positive integer, got {top_k!r}")
     run_dir = open_run(run)
     model, card = run_dir.load_model(which)
+    check_finite_weights(model.state_dict(), run_dir.path / f"{which}.safetensors", which)
     if tta is None:
         tta = run_dir.read_config().get("config", {}).get("tta", "none")
     batch = torch.stack([load_image(p, card.input_size) for p in images])
