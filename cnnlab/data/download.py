@@ -111,7 +111,11 @@ def _exclusive(lock: Path, timeout: float | None) -> Iterator[None]:
         return
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o644)
+        try:  # O_NOFOLLOW: a link planted at the lock's name is not followed
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o644)
+        except OSError as e:
+            raise CnnlabError(f"cannot create the download lock {lock}: {e.strerror or e}; "
+                              "remove it if it is a link, or download into a folder you can write") from None
         try:
             if deadline is None:
                 fcntl.flock(fd, fcntl.LOCK_EX)
