@@ -261,6 +261,20 @@ def test_second_download_gives_up_after_lock_timeout(server, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["file.bin"]
 
 
+def test_planted_links_beside_dest_are_not_followed(server, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "file.bin.part").symlink_to(victim)
+    dl.download(f"{server}/good.bin", tmp_path / "d" / "file.bin", sha256=SHA)
+    assert (tmp_path / "d" / "file.bin").read_bytes() == PAYLOAD and victim.read_bytes() == b"precious"
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "file.bin.lock").symlink_to(victim)
+    with pytest.raises(CnnlabError, match=r"cannot create the download lock .*file\.bin\.lock"):
+        dl.download(f"{server}/good.bin", tmp_path / "e" / "file.bin", sha256=SHA)
+    assert victim.read_bytes() == b"precious" and _Handler.log == [("/good.bin", None)]
+
+
 def test_existing_wrong_file_is_not_overwritten(server, tmp_path):
     dest = tmp_path / "file.bin"
     dest.write_bytes(b"user data")

@@ -151,6 +151,8 @@ def _exclusive(lock: Path, timeout: float | None) -> Iterator[None]:
 def _fetch(url: str, part: Path, size: int | None, timeout: float, progress: Progress | None) -> None:
     """Append the rest of `url` to `part` (resuming from its current length), or raise `_Interrupted`
     (keep `part`) or `_Oversized` (more than `size` bytes: delete it)."""
+    if part.is_symlink():  # not ours (we hold the lock): never write through it
+        part.unlink()
     have = part.stat().st_size if part.exists() else 0
     if size is not None and have >= size:
         return  # complete (or too long): let the checksum decide
@@ -179,7 +181,9 @@ def _fetch(url: str, part: Path, size: int | None, timeout: float, progress: Pro
             raise _Oversized(f"the server announced {expected_end} bytes, more than the expected {size}")
         received = have
         try:
-            with open(part, mode) as f:
+            flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if mode == "ab" else os.O_TRUNC)
+            with os.fdopen(os.open(part, flags | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o644),
+                           mode) as f:
                 while True:
                     # one byte more than what is left tells "too long" from "complete" without writing it
                     chunk = response.read(CHUNK if size is None else min(CHUNK, size - received + 1))
