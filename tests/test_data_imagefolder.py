@@ -331,6 +331,8 @@ def test_links_leaving_the_root_are_not_followed(tmp_path):
     (root / "dog" / "more").symlink_to(outside / "cat")  # a folder of real images, outside the root
     (root / "dog" / "one.png").symlink_to(next(iter(other)))  # a single file outside
     (root / "bird").symlink_to(outside / "cat")  # a whole class folder outside
+    (root / "LICENSE").symlink_to(next(iter(other)))  # beside the class folders: no class, not reported
+    os.mkfifo(root / "pipe")  # the same
     opened = []
     real_open = os.open
     with pytest.MonkeyPatch.context() as mp:

@@ -188,8 +188,11 @@ class _Walk:
         self.skipped: list[tuple[Path, str, str]] = []
         self._listed: dict[Path, list[tuple[Path, os.stat_result]]] = {}
 
-    def _entries(self, folder: Path) -> list[tuple[Path, os.stat_result]]:
-        """(path, stat) of the visible entries of `folder` that may be read, sorted by name; once per folder."""
+    def _entries(self, folder: Path, folders_only: bool = False) -> list[tuple[Path, os.stat_result]]:
+        """(path, stat) of the visible entries of `folder` that may be read, sorted by name; once per folder.
+
+        `folders_only` (the root and split folders, where only class folders count): files, FIFOs and
+        broken links there are ignored, not reported; a link to a folder outside the root is reported."""
         if folder in self._listed:
             return self._listed[folder]
         out = []
@@ -203,12 +206,16 @@ class _Walk:
             if path.is_symlink():
                 real = Path(os.path.realpath(path))
                 if not real.is_relative_to(self.real_root):
-                    self.skipped.append((path, OUTSIDE, f"a link to {real}, outside {self.real_root}"))
+                    if not folders_only or real.is_dir():
+                        self.skipped.append((path, OUTSIDE, f"a link to {real}, outside {self.real_root}"))
                     continue
             try:
                 st = os.stat(path)  # stat, never open: a FIFO would block
             except OSError as e:  # a dangling link, a link loop, no permission
-                self.skipped.append((path, NO_STAT, _reason(e)))
+                if not folders_only:
+                    self.skipped.append((path, NO_STAT, _reason(e)))
+                continue
+            if folders_only and not stat.S_ISDIR(st.st_mode):
                 continue
             if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
                 self.skipped.append((path, NOT_REGULAR, _kind(st.st_mode)))
@@ -224,7 +231,8 @@ class _Walk:
             self.folders.add((st.st_dev, st.st_ino))
 
     def subfolders(self, folder: Path) -> list[Path]:
-        return [p for p, st in self._entries(folder) if stat.S_ISDIR(st.st_mode)]
+        """The folders in a root or split folder (the class or split folders)."""
+        return [p for p, _ in self._entries(folder, folders_only=True)]
 
     def files_in(self, folder: Path) -> tuple[list[Path], int]:
         """Regular files met for the first time under `folder` (files of a folder before its sub-folders,
