@@ -209,7 +209,8 @@ def _check_limits(members: list[_Member], archive: Path, into: Path, limits: tup
     if total > max_bytes:
         raise CnnlabError(f"refusing to extract {archive.name}: its members unpack to {total:,} bytes, over the "
                           f"limit of {max_bytes:,} bytes (max_bytes); raise it only for an archive you trust")
-    free = shutil.disk_usage(into).free
+    existing = next(p for p in (into, *into.parents) if p.exists())  # `into` may not exist yet
+    free = shutil.disk_usage(existing).free
     if total > free:
         raise CnnlabError(f"cannot extract {archive.name} into {into}: it unpacks to {total:,} bytes and only "
                           f"{free:,} are free there")
@@ -221,8 +222,8 @@ def _unpack(archive: Path, into: Path, members: list[_Member], limits: tuple[int
     clashes = [t for t in tops if (into / t).exists() or (into / t).is_symlink()]
     if clashes:
         raise CnnlabError(f"cannot extract {archive.name} into {into}: {clashes[0]!r} already exists there")
-    into.mkdir(parents=True, exist_ok=True)
     _check_limits(members, archive, into, limits)
+    into.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{archive.name}.", suffix=".extracting", dir=into))
     try:
         try:
