@@ -1,13 +1,16 @@
 """Downloads against a real HTTP server on 127.0.0.1 (http.server in a thread, port 0, Range support) that
-serves a good file, a corrupted one, one cut off mid-transfer and one served short; plus the URL policy."""
+serves a good file, a corrupted one, one cut off mid-transfer, one served short, ones longer than promised
+and one that stalls until the test lets it go; plus the URL policy."""
 
 from __future__ import annotations
 
 import gzip
 import hashlib
 import http.server
+import os
 import struct
 import threading
+import time
 import urllib.request
 
 import numpy as np
@@ -22,9 +25,14 @@ SHA = hashlib.sha256(PAYLOAD).hexdigest()
 MD5 = hashlib.md5(PAYLOAD).hexdigest()
 
 
+EXTRA = 8 << 20  # what the oversized answers add to the file: far more than PAYLOAD
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
     files: dict[str, bytes] = {}
     log: list[tuple[str, str | None]] = []
+    release = threading.Event()  # /stall.bin sends its body once this is set
+    sent: dict[str, int] = {}  # bytes of body written per path (until the client hangs up)
 
     def log_message(self, *args):  # keep pytest output clean
         pass
@@ -52,6 +60,27 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(PAYLOAD[start: start + 100_000])
             self.wfile.flush()
             self.close_connection = True
+            return
+        if self.path in ("/longer.bin", "/longer-announced.bin"):  # the file, then 8 MiB more of zeros
+            self.send_response(200)
+            if self.path == "/longer-announced.bin":
+                self.send_header("Content-Length", str(len(PAYLOAD) + EXTRA))
+            self.end_headers()
+            self.close_connection = True
+            self.sent[self.path] = 0
+            for block in (PAYLOAD, *[bytes(1 << 16)] * (EXTRA >> 16)):
+                try:
+                    self.wfile.write(block)
+                except OSError:  # the client stopped reading
+                    return
+                self.sent[self.path] += len(block)
+            return
+        if self.path == "/stall.bin":
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(PAYLOAD)))
+            self.end_headers()
+            self.release.wait(60)
+            self.wfile.write(PAYLOAD)
             return
         if self.path == "/norange.bin":
             return self._send(PAYLOAD, ranges=False)
@@ -92,6 +121,9 @@ def server():
 @pytest.fixture(autouse=True)
 def _clear_log():
     _Handler.log.clear()
+    _Handler.release.clear()
+    yield
+    _Handler.release.set()  # never leave a server thread waiting
 
 
 def test_good_download_verified_and_renamed(server, tmp_path):
@@ -163,6 +195,84 @@ def test_falls_back_to_next_https_mirror_only_after_failure(server, tmp_path):
     dest = tmp_path / "file.bin"
     dl.download([f"{server}/corrupt.bin", f"{server}/good.bin"], dest, sha256=SHA)
     assert dest.read_bytes() == PAYLOAD
+
+
+@pytest.mark.parametrize("path", ["/longer.bin", "/longer-announced.bin"])
+def test_more_than_the_known_size_is_never_written(server, tmp_path, path):
+    """A server that sends (or announces) more than the expected size cannot fill the disk: the transfer
+    stops at size + 1 bytes, before any checksum, and what was written is deleted."""
+    dest = tmp_path / "file.bin"
+    seen = []
+    with pytest.raises(CnnlabError, match=f"more than the expected {len(PAYLOAD)}"):
+        dl.download(f"{server}{path}", dest, sha256=SHA, size=len(PAYLOAD), progress=lambda n, t: seen.append(n))
+    assert max(seen, default=0) <= len(PAYLOAD)  # bytes written to the .part file, at most the known size
+    assert list(tmp_path.iterdir()) == []
+    # the next mirror is tried as after a checksum mismatch
+    dl.download([f"{server}{path}", f"{server}/good.bin"], dest, sha256=SHA, size=len(PAYLOAD))
+    assert dest.read_bytes() == PAYLOAD
+
+
+def _stalled_download(server, dest, results) -> threading.Thread:
+    """Start a download of /stall.bin into `dest` in a thread; return once the server has the request
+    (the downloader then holds its lock and waits for the body)."""
+    def run():
+        try:
+            results["first"] = dl.download(f"{server}/stall.bin", dest, sha256=SHA, size=len(PAYLOAD))
+        except Exception as e:  # noqa: BLE001 - the test asserts what came back
+            results["first"] = e
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while ("/stall.bin", None) not in _Handler.log and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return thread
+
+
+def test_second_download_of_one_file_waits_for_the_first(server, tmp_path):
+    dest, results = tmp_path / "file.bin", {}
+    first = _stalled_download(server, dest, results)
+
+    def second():
+        try:
+            results["second"] = dl.download(f"{server}/good.bin", dest, sha256=SHA, size=len(PAYLOAD))
+        except Exception as e:  # noqa: BLE001
+            results["second"] = e
+    other = threading.Thread(target=second)
+    other.start()
+    other.join(timeout=3)  # without a lock the second would write the shared .part and finish by now
+    _Handler.release.set()
+    first.join(60)
+    other.join(60)
+    assert results == {"first": dest, "second": dest}
+    assert dest.read_bytes() == PAYLOAD
+    assert [p for p, _ in _Handler.log] == ["/stall.bin"]  # the second found the verified file: no request
+    assert sorted(os.listdir(tmp_path)) == ["file.bin"]  # no .part, no lock file left
+
+
+def test_second_download_gives_up_after_lock_timeout(server, tmp_path):
+    dest, results = tmp_path / "file.bin", {}
+    first = _stalled_download(server, dest, results)
+    with pytest.raises(CnnlabError, match=r"another download of file\.bin is in progress .*file\.bin\.lock"):
+        dl.download(f"{server}/good.bin", dest, sha256=SHA, lock_timeout=0.2)
+    assert [p for p, _ in _Handler.log] == ["/stall.bin"]
+    _Handler.release.set()
+    first.join(60)
+    assert results["first"] == dest and dest.read_bytes() == PAYLOAD
+    assert sorted(os.listdir(tmp_path)) == ["file.bin"]
+
+
+def test_planted_links_beside_dest_are_not_followed(server, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "file.bin.part").symlink_to(victim)
+    dl.download(f"{server}/good.bin", tmp_path / "d" / "file.bin", sha256=SHA)
+    assert (tmp_path / "d" / "file.bin").read_bytes() == PAYLOAD and victim.read_bytes() == b"precious"
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "file.bin.lock").symlink_to(victim)
+    with pytest.raises(CnnlabError, match=r"cannot create the download lock .*file\.bin\.lock"):
+        dl.download(f"{server}/good.bin", tmp_path / "e" / "file.bin", sha256=SHA)
+    assert victim.read_bytes() == b"precious" and _Handler.log == [("/good.bin", None)]
 
 
 def test_existing_wrong_file_is_not_overwritten(server, tmp_path):

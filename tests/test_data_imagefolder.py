@@ -4,7 +4,10 @@ streaming versus in-memory."""
 from __future__ import annotations
 
 import io
+import os
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -280,3 +283,84 @@ def test_streamed_file_that_changed_is_named(tmp_path):
     victim.write_bytes(b"gone")
     with pytest.raises(CnnlabError, match=victim.name):
         list(disk.train.batches(2))
+
+
+# --------------------------------------------------------------------- what the walk reads (issue 15, class 5)
+def image_set(*splits) -> list[tuple]:
+    """Every image of the splits as a tuple of pixel values (duplicates kept)."""
+    return [tuple(x.flatten().tolist()) for s in splits for x in s.images]
+
+
+def test_link_cycle_does_not_duplicate_images_into_train_and_test(tmp_path):
+    root = tmp_path / "data"
+    truth = make_folder(root, per_class=10)
+    (root / "cat" / "again").symlink_to(root / "cat")  # a folder that contains itself
+    (root / "dog" / "up").symlink_to(root)  # back to the root: would walk cat/ again under dog/
+    lines = []
+    ds = load_imagefolder(root, report=lines.append)
+    train, test = image_set(ds.train), image_set(ds.test)
+    assert len(train) + len(test) == len(truth) == 20  # each image once
+    assert not set(train) & set(test)
+    assert sorted(train + test) == sorted(tuple(a.transpose(2, 0, 1).flatten().tolist()) for a in truth.values())
+    assert torch.bincount(torch.cat([ds.train.labels, ds.test.labels])).tolist() == [10, 10]
+    skipped = dict(ds.skipped)
+    assert set(skipped) == {root / "cat" / "again", root / "dog" / "up"}
+    assert all(why.startswith("folder seen before") for why in skipped.values())
+    assert lines[-1] == f"cnnlab: warning: skipped 2 of 22 files under {root} (2 folder seen before; listed above)"
+
+
+def test_fifo_named_png_is_skipped_without_hanging(tmp_path):
+    make_folder(tmp_path, per_class=3)
+    os.mkfifo(tmp_path / "cat" / "x.png")  # opening it for reading would wait for a writer forever
+    code = ("import sys; from cnnlab.data.imagefolder import load_imagefolder; "
+            f"ds = load_imagefolder({str(tmp_path)!r}); print(len(ds.train) + len(ds.test)); print(ds.skipped)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    count, skipped = proc.stdout.splitlines()
+    assert count == "6" and "x.png" in skipped and "not a regular file: a FIFO" in skipped
+    assert f"skipped {tmp_path / 'cat' / 'x.png'}: not a regular file: a FIFO" in proc.stderr
+    with pytest.raises(CnnlabError, match=r"x\.png \(not a regular file: a FIFO\)"):
+        load_imagefolder(tmp_path, strict=True)  # stat only, so this cannot hang either
+
+
+def test_links_leaving_the_root_are_not_followed(tmp_path):
+    root, outside = tmp_path / "data", tmp_path / "elsewhere"
+    make_folder(root, per_class=3)
+    other = make_folder(outside, per_class=4, classes=("cat",))
+    (root / "cat" / "etc").symlink_to("/etc")
+    (root / "dog" / "more").symlink_to(outside / "cat")  # a folder of real images, outside the root
+    (root / "dog" / "one.png").symlink_to(next(iter(other)))  # a single file outside
+    (root / "bird").symlink_to(outside / "cat")  # a whole class folder outside
+    (root / "LICENSE").symlink_to(next(iter(other)))  # beside the class folders: no class, not reported
+    os.mkfifo(root / "pipe")  # the same
+    opened = []
+    real_open = os.open
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(os, "open", lambda p, *a, **k: opened.append(Path(p)) or real_open(p, *a, **k))
+        ds = load_imagefolder(root, report=lambda s: None)
+    assert ds.classes == ["cat", "dog"] and len(ds.train) + len(ds.test) == 6
+    assert opened and all(p.resolve().is_relative_to(root.resolve()) for p in opened)
+    skipped = dict(ds.skipped)
+    assert set(skipped) == {root / n for n in ("cat/etc", "dog/more", "dog/one.png", "bird")}
+    assert skipped[root / "cat" / "etc"] == f"link leaving the folder: a link to /etc, outside {root.resolve()}"
+
+
+def test_a_file_linked_twice_is_read_once(tmp_path):
+    truth = make_folder(tmp_path / "train", per_class=3)
+    make_folder(tmp_path / "test", per_class=2)
+    first = tmp_path / "train" / "cat" / "00.png"
+    os.link(first, tmp_path / "train" / "cat" / "copy.png")  # hard link in the same class
+    os.link(first, tmp_path / "test" / "cat" / "leak.png")  # the same file in the test split
+    (tmp_path / "test" / "dog" / "alias.png").symlink_to(first)  # and a symbolic link to it
+    opened = []
+    real_open = os.open
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(os, "open", lambda p, *a, **k: opened.append(Path(p)) or real_open(p, *a, **k))
+        ds = load_imagefolder(tmp_path, report=lambda s: None)
+    assert (len(ds.train), len(ds.test)) == (6, 4)
+    assert not set(image_set(ds.train)) & set(image_set(ds.test))
+    assert tuple(truth[first].transpose(2, 0, 1).flatten().tolist()) in image_set(ds.train)
+    assert not {p.name for p in opened} & {"copy.png", "leak.png", "alias.png"}  # never opened
+    skipped = dict(ds.skipped)
+    assert {p.name for p in skipped} == {"copy.png", "leak.png", "alias.png"}
+    assert all(why == f"file seen before: the same file as {first}" for why in skipped.values())

@@ -8,11 +8,13 @@ by the test, and self-containment by parsing every src/href of the page.
 from __future__ import annotations
 
 import base64
+import html
 import io
 import json
 import re
 import shutil
 import subprocess
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -134,3 +136,46 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     assert arr.shape[:2] == (2400, 1200)
     # the page drew real content: many distinct colours (text, plots), not a blank or error page
     assert len(np.unique(arr.reshape(-1, 3), axis=0)) > 100
+
+
+SCRIPT = "<script>alert(1)</script>"
+ATTRIBUTE = '"><img src=x onerror=alert(1)>'
+
+
+class _Tags(HTMLParser):
+    """Every start tag of a page with its attributes, as a browser's tokenizer sees them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+
+def test_report_escapes_text_from_the_run_folder(run, tmp_path):
+    """Stored script injection: text planted in metrics.jsonl, config.json and best.json is shown, never run."""
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("report.html", "show"))
+    history = [json.loads(line) for line in (copy / "metrics.jsonl").read_text().splitlines()]
+    history[0].update(epoch=SCRIPT, lr=ATTRIBUTE, train_loss=SCRIPT, seconds=ATTRIBUTE, test_accuracy=ATTRIBUTE)
+    history[1]["note"] = SCRIPT
+    (copy / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+    meta = json.loads((copy / "config.json").read_text())
+    meta["config"]["optimizer"] = ATTRIBUTE
+    meta["config"][SCRIPT] = 1
+    meta.update(created=SCRIPT, device=ATTRIBUTE, precision=SCRIPT, environment={"python": ATTRIBUTE})
+    (copy / "config.json").write_text(json.dumps(meta))
+    for which in ("best", "last"):
+        card = json.loads((copy / f"{which}.json").read_text())
+        card["dataset"] = SCRIPT
+        card["classes"][0] = ATTRIBUTE
+        (copy / f"{which}.json").write_text(json.dumps(card))
+    page = build_report(copy, tmp_path / "r.html").path.read_text()
+    assert SCRIPT not in page and ATTRIBUTE not in page
+    assert html.escape(SCRIPT) in page and html.escape(ATTRIBUTE) in page  # shown as text
+    parser = _Tags()
+    parser.feed(page)
+    assert "script" not in {t for t, _ in parser.tags}
+    assert not [(t, a) for t, a in parser.tags if any(k.startswith("on") for k in a)]
+    assert all(a["src"].startswith("data:image/png;base64,") for t, a in parser.tags if t == "img")

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import importlib
+import re
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from conftest import run_cli
 from PIL import Image
+from torch import nn
 
 from cnnlab.core.run import open_run
 from cnnlab.data import load_dataset
 from cnnlab.errors import CnnlabError
 from cnnlab.train import train
-from cnnlab.train.export import export, exportable
+from cnnlab.train.export import Normalized, export, exportable, read_export_info
 from cnnlab.train.predict import predict
 from cnnlab.train.run import load_model
 
@@ -120,3 +126,102 @@ def test_cli_eval_predict_export(run_dir, tmp_path):
     assert (tmp_path / "x.pt").exists() and (tmp_path / "x.pt.json").exists()
     proc = run_cli("eval", str(tmp_path / "nowhere"))
     assert proc.returncode == 2 and "run directory not found" in proc.stderr
+
+
+# ------------------------------------------------------------ checked exports, non-finite weights (issue 15, 8)
+class _TracedDiffers(nn.Module):
+    """Branches on the batch size, which tracing freezes: the export computes another function than eager
+    PyTorch for every batch but the traced one (2), as a wrongly exported model would."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        logits = self.fc(x.flatten(1))
+        return logits if x.shape[0] == 2 else logits + 1.0
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # the frozen branch is the point
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_that_differs_from_pytorch_is_refused(run_dir, tmp_path, monkeypatch, fmt):
+    export_module = importlib.import_module("cnnlab.train.export")  # `cnnlab.train.export` is also the function
+    if fmt == "onnx":
+        pytest.importorskip("onnxruntime")
+    _, card = exportable(run_dir)
+    monkeypatch.setattr(export_module, "exportable", lambda run, which: (Normalized(_TracedDiffers(), [0.5], [0.25]), card))
+    with pytest.raises(CnnlabError, match=r"differs from PyTorch by up to 1 in the logits of 4 images .*nothing was written"):
+        export(run_dir, fmt, tmp_path / "out" / "m.bin")
+    assert list(tmp_path.iterdir()) == []  # no file, no .json, no temporary, not even the folder
+
+
+def test_export_to_an_opset_onnx_runtime_cannot_run_is_refused(run_dir, tmp_path):
+    pytest.importorskip("onnxruntime")
+    with pytest.raises(CnnlabError, match=r"cannot run the exported model \(opset 1\): .*NOT_IMPLEMENTED.*--opset 17"):
+        export(run_dir, "onnx", tmp_path / "deep" / "m.onnx", opset=1)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(CnnlabError, match=r"cannot export this model to ONNX opset 99"):
+        export(run_dir, "onnx", tmp_path / "m.onnx", opset=99)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_records_its_check(run_dir, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    path = export(run_dir, "onnx", tmp_path / "m.onnx")
+    check = read_export_info(path)["verified"]
+    assert check["with"] == f"ONNX Runtime {ort.__version__}" and check["batch"] == 4
+    assert 0 <= check["max_abs_diff"] < 1e-4 <= check["tolerance"]
+
+
+def _poisoned_run(run_dir: Path, tmp_path: Path) -> tuple[Path, str]:
+    """A copy of the run whose best weights hold an inf in one tensor and a NaN in a later one; returns the
+    copy and the name of the first bad tensor in state-dict order."""
+    from safetensors.torch import load_file, save_file  # noqa: PLC0415
+
+    copy = tmp_path / "diverged"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("export", "ckpt-*"))
+    state = load_file(str(copy / "best.safetensors"))  # stored sorted by name: take the model's order
+    names = [n for n in open_run(run_dir).load_model()[0].state_dict() if state[n].is_floating_point()]
+    first, later = names[1], names[-1]
+    state[first].view(-1)[3] = float("inf")
+    state[later].view(-1)[0] = float("nan")
+    save_file(state, str(copy / "best.safetensors"), metadata={"format": "cnnlab-weights-v1"})
+    return copy, first
+
+
+def test_non_finite_weights_are_refused_in_python(run_dir, tmp_path):
+    from cnnlab.train.evaluate import evaluate  # noqa: PLC0415
+
+    bad, first = _poisoned_run(run_dir, tmp_path)
+    img = tmp_path / "d.png"
+    Image.fromarray(load_dataset("digits").test.images[1, 0].numpy(), mode="L").save(img)
+    pattern = rf"weights '.*best\.safetensors' hold non-finite values: tensor '{re.escape(first)}' has 1 inf"
+    for call in (lambda: evaluate(bad, device="cpu"), lambda: predict(bad, [img]), lambda: exportable(bad),
+                 lambda: export(bad, "torchscript", tmp_path / "x.pt")):
+        with pytest.raises(CnnlabError, match=pattern):
+            call()
+    assert not (tmp_path / "x.pt").exists()
+    evaluate(bad, which="last", device="cpu")  # the other weights of the run are still usable
+
+
+@pytest.mark.slow
+def test_cli_export_check_and_refusals(run_dir, tmp_path):
+    """What a user sees: the checked difference, and one line, exit 2, for each refusal."""
+    pytest.importorskip("onnxruntime")
+    proc = run_cli("export", str(run_dir), "--out", str(tmp_path / "ok" / "m.onnx"), check=True)
+    m = re.search(r"checked with ONNX Runtime \S+ against PyTorch on 4 images: largest absolute difference in "
+                  r"the logits (\S+) \(tolerance", proc.stdout)
+    assert m and float(m.group(1)) < 1e-4, proc.stdout
+    proc = run_cli("export", str(run_dir), "--opset", "1", "--out", str(tmp_path / "old" / "m.onnx"))
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "opset 1" in proc.stderr and not (tmp_path / "old").exists()
+    bad, first = _poisoned_run(run_dir, tmp_path)
+    img = tmp_path / "d.png"
+    Image.fromarray(load_dataset("digits").test.images[1, 0].numpy(), mode="L").save(img)
+    for args in (["eval", str(bad)], ["predict", str(bad), str(img)], ["export", str(bad)]):
+        proc = run_cli(*args)
+        assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and "best.safetensors" in lines[0] and f"'{first}'" in lines[0], (args, proc.stderr)
+        assert "%" not in proc.stdout  # no accuracy, no probabilities
+    assert not (bad / "export").exists()

@@ -20,8 +20,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cnnlab.train.export import export  # noqa: PLC0415
+    from cnnlab.train.export import export, read_export_info  # noqa: PLC0415
 
     path = export(args.run, args.format, args.out, which=args.weights, opset=args.opset)
     print(f"wrote {path} (input: float32 images (N, C, H, W) in [0, 1]; output: logits) and {path}.json")
+    check = read_export_info(path)["verified"]
+    print(f"checked with {check['with']} against PyTorch on {check['batch']} images: largest absolute "
+          f"difference in the logits {check['max_abs_diff']:.2g} (tolerance {check['tolerance']:.2g})")
     return 0

@@ -7,19 +7,38 @@ refused. (torchvision's `extract_archive` calls `extractall` without such checks
 The archive is then unpacked into a temporary folder beside the destination and each top-level entry
 renamed into place, so an interrupted extraction never leaves a half-filled folder under the final name.
 For tar files Python's own `filter="data"` runs as well, as a second line of defence.
+
+Size is bounded before anything is written: at most `max_members` entries and `max_bytes` bytes in all
+(the sizes the archive declares, which bind: tarfile reads exactly a member's declared size from the
+stream, and zipfile stops a member at its declared size and checks its CRC), and no more than the free
+space of the destination, so a decompression bomb is refused up front with the limit in the message.
+A zip member without Unix file-type bits (what `ZipFile.writestr(name, data)` and Windows tools write)
+is a regular file. A damaged or truncated archive, whatever the decompressor raises (EOFError, zlib,
+lzma, bz2 errors), is one CnnlabError, and the destination is left as it was.
 """
 
 from __future__ import annotations
 
+import lzma
 import shutil
 import stat
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from cnnlab.errors import CnnlabError
+
+MAX_BYTES = 16 << 30  # bytes all members may add up to (the largest registered archive unpacks to ~180 MB)
+MAX_MEMBERS = 1_000_000  # files, folders and links (ImageNet-sized image folders stay below)
+MAX_LINK_TARGET = 4096  # bytes of a zip symlink's target (PATH_MAX); the target is read into memory
+UNIX = 3  # ZipInfo.create_system of archives whose external_attr holds Unix mode bits
+
+# what reading a damaged archive raises besides tarfile/zipfile's own errors (gzip's errors are OSErrors)
+_DAMAGED = (tarfile.TarError, zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error, lzma.LZMAError,
+            NotImplementedError, ValueError, OSError)
 
 
 @dataclass(frozen=True)
@@ -27,6 +46,7 @@ class _Member:
     name: str  # as stored, "/"-separated
     kind: str  # "file", "dir", "symlink", "hardlink", "other"
     target: str = ""  # link target as stored
+    size: int = 0  # bytes the member unpacks to, as declared
 
 
 def _parts(name: str) -> list[str]:
@@ -93,19 +113,31 @@ def _tar_members(tf: tarfile.TarFile) -> list[_Member]:
             kind = "hardlink"
         else:
             kind = "other"
-        out.append(_Member(info.name, kind, info.linkname))
+        out.append(_Member(info.name, kind, info.linkname, info.size if kind == "file" else 0))
     return out
 
 
 def _zip_kind(info: zipfile.ZipInfo) -> str:
-    mode = info.external_attr >> 16
+    # the high 16 bits are a Unix st_mode only from Unix tools, and even then may carry permissions alone
+    # (ZipFile.writestr(name, data) stores 0o600 << 16): no file-type bits means a regular file
+    mode = info.external_attr >> 16 if info.create_system == UNIX else 0
     if stat.S_ISLNK(mode):
         return "symlink"
     if info.is_dir():
         return "dir"
-    if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+    if stat.S_IFMT(mode) and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
         return "other"
     return "file"
+
+
+def _zip_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, archive: Path) -> _Member:
+    kind = _zip_kind(info)
+    if kind != "symlink":
+        return _Member(info.filename, kind, "", info.file_size if kind == "file" else 0)
+    if info.file_size > MAX_LINK_TARGET:
+        raise CnnlabError(f"refusing to extract {archive.name}: member {info.filename!r} is unsafe (a link target "
+                          f"of {info.file_size:,} bytes, over {MAX_LINK_TARGET})")
+    return _Member(info.filename, kind, zf.read(info).decode("utf-8", "replace"))
 
 
 def _extract_zip(zf: zipfile.ZipFile, members: list[_Member], infos: list[zipfile.ZipInfo], root: Path) -> None:
@@ -122,51 +154,84 @@ def _extract_zip(zf: zipfile.ZipFile, members: list[_Member], infos: list[zipfil
             shutil.copyfileobj(src, dst, 1 << 20)
 
 
-def safe_extract(archive: str | Path, into: str | Path) -> list[Path]:
+def _damaged(archive: Path, e: BaseException) -> CnnlabError:
+    if isinstance(e, OSError) and e.errno is not None:  # the disk, not the archive: say what the OS said
+        return CnnlabError(f"cannot extract {archive}: {e.strerror or e} ({e.filename or 'destination'})")
+    text = _one_line(e)
+    return CnnlabError(f"cannot extract {archive}: the archive is damaged or truncated "
+                       f"({type(e).__name__}{': ' + text if text else ''}); download it again")
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())  # tarfile's "no method worked" lists one line per method
+
+
+def safe_extract(archive: str | Path, into: str | Path, *, max_bytes: int | None = None,
+                 max_members: int | None = None) -> list[Path]:
     """Extract a tar (.tar, .tar.gz, .tgz, .tar.bz2, .tar.xz) or .zip archive into the folder `into`.
 
-    Returns the top-level paths created. Raises CnnlabError, before writing anything, for an unsafe member,
-    an unknown archive format, or a top-level entry that already exists in `into`.
+    `max_bytes` (default MAX_BYTES) bounds the bytes all members unpack to, `max_members` (default
+    MAX_MEMBERS) their number. Returns the top-level paths created. Raises CnnlabError, before writing
+    anything, for an unsafe member, an archive over a limit, an unknown archive format, or a top-level
+    entry that already exists in `into`; and for a damaged archive, leaving `into` as it was.
     """
     archive, into = Path(archive), Path(into)
+    limits = (MAX_BYTES if max_bytes is None else max_bytes, MAX_MEMBERS if max_members is None else max_members)
     if not archive.is_file():
         raise CnnlabError(f"archive not found: {archive}")
-    if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as zf:
-            infos = zf.infolist()
-            members = [
-                _Member(i.filename, kind, zf.read(i).decode("utf-8", "replace") if kind == "symlink" else "")
-                for i in infos
-                for kind in [_zip_kind(i)]
-            ]
-            return _unpack(archive, into, members, lambda tmp: _extract_zip(zf, members, infos, tmp))
     try:
-        tf = tarfile.open(archive)
-    except tarfile.TarError as e:
-        raise CnnlabError(f"cannot extract {archive}: not a tar or zip archive ({e})") from e
-    with tf:
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as zf:
+                infos = zf.infolist()
+                members = [_zip_member(zf, i, archive) for i in infos]
+                return _unpack(archive, into, members, limits, lambda tmp: _extract_zip(zf, members, infos, tmp))
         try:
+            tf = tarfile.open(archive)
+        except tarfile.TarError as e:
+            raise CnnlabError(f"cannot extract {archive}: not a tar or zip archive ({_one_line(e)})") from e
+        with tf:
             members = _tar_members(tf)
-        except (tarfile.TarError, EOFError, OSError) as e:
-            raise CnnlabError(f"cannot extract {archive}: the archive is damaged ({e})") from e
-        # filter="data" (Python >= 3.10.12 / 3.11.4) re-checks every path against the real filesystem
-        extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-        return _unpack(archive, into, members, lambda tmp: tf.extractall(tmp, **extra))
+            # filter="data" (Python >= 3.10.12 / 3.11.4) re-checks every path against the real filesystem
+            extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            return _unpack(archive, into, members, limits, lambda tmp: tf.extractall(tmp, **extra))
+    except CnnlabError:  # a ValueError too, but already one line
+        raise
+    except _DAMAGED as e:
+        raise _damaged(archive, e) from e
 
 
-def _unpack(archive: Path, into: Path, members: list[_Member], extract_to) -> list[Path]:
+def _check_limits(members: list[_Member], archive: Path, into: Path, limits: tuple[int, int]) -> None:
+    max_bytes, max_members = limits
+    if len(members) > max_members:
+        raise CnnlabError(f"refusing to extract {archive.name}: {len(members):,} members, over the limit of "
+                          f"{max_members:,} (max_members); raise it only for an archive you trust")
+    total = sum(m.size for m in members)
+    if total > max_bytes:
+        raise CnnlabError(f"refusing to extract {archive.name}: its members unpack to {total:,} bytes, over the "
+                          f"limit of {max_bytes:,} bytes (max_bytes); raise it only for an archive you trust")
+    existing = next(p for p in (into, *into.parents) if p.exists())  # `into` may not exist yet
+    free = shutil.disk_usage(existing).free
+    if total > free:
+        raise CnnlabError(f"cannot extract {archive.name} into {into}: it unpacks to {total:,} bytes and only "
+                          f"{free:,} are free there")
+
+
+def _unpack(archive: Path, into: Path, members: list[_Member], limits: tuple[int, int], extract_to) -> list[Path]:
     _check(members, archive)
     tops = sorted({_parts(m.name)[0] for m in members if _parts(m.name)})
     clashes = [t for t in tops if (into / t).exists() or (into / t).is_symlink()]
     if clashes:
         raise CnnlabError(f"cannot extract {archive.name} into {into}: {clashes[0]!r} already exists there")
+    _check_limits(members, archive, into, limits)
     into.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{archive.name}.", suffix=".extracting", dir=into))
     try:
         try:
             extract_to(tmp)
-        except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
-            raise CnnlabError(f"cannot extract {archive}: the archive is damaged ({e})") from e
+        except CnnlabError:
+            raise
+        except _DAMAGED as e:
+            raise _damaged(archive, e) from e
         created = []
         for top in tops:
             (tmp / top).replace(into / top)

@@ -5,6 +5,16 @@ Layout: if PATH has `train/` and `test/` (or `val/`) sub-folders they are the sp
 (seed 0, whatever `seed` is, so the test set never moves) becomes the test split. Files are found
 recursively inside each class folder; hidden files are ignored.
 
+What the walk reads (a folder may come from anyone, so nothing in it decides what else is opened):
+- regular files only: FIFOs, sockets and devices are skipped from `stat`, never opened (a FIFO named
+  `x.png` would block the load); files are opened with O_NONBLOCK and checked again on the open descriptor;
+- only under PATH: a symbolic link is followed only when its target resolves inside PATH (a link to `/etc`
+  or to another dataset is skipped, not walked);
+- each file and each folder once, by (st_dev, st_ino): a link cycle is walked once, and a file reached twice
+  (hard links, a link to a file or folder seen before) is read once, in the split met first (train before
+  test and val), so no image is both trained on and tested on.
+Everything left out is reported, one line per entry and a count per reason, and listed in `Dataset.skipped`.
+
 Conversion rules, applied to every image so one folder gives one consistent tensor:
 - channels: 1 if every image is grayscale (modes 1, L, LA, I, I;16, F), else 3 (RGB); palette (P) images
   count as colour; grayscale images in a colour dataset are replicated to 3 channels.
@@ -16,7 +26,9 @@ Conversion rules, applied to every image so one folder gives one consistent tens
 
 Every file is decoded once up front: unreadable ones (zero bytes, not an image, truncated, a decompression
 bomb — Pillow's MAX_IMAGE_PIXELS limit stays on, and its warning counts as an error too) are reported one
-line each on stderr and skipped, or with `strict=True` stop the load with a CnnlabError naming the file.
+line each on stderr and skipped, or with `strict=True` stop the load with a CnnlabError naming the file
+(as do entries that are not regular files, links leaving PATH and entries that cannot be stat'ed; files
+and folders met a second time are only reported).
 So batches never fail mid-epoch. Folders whose decoded pixels fit in `memory_limit` bytes are then held in
 memory like the built-in datasets; larger ones stream from disk through DataLoader worker processes.
 """
@@ -24,10 +36,13 @@ memory like the built-in datasets; larger ones stream from disk through DataLoad
 from __future__ import annotations
 
 import os
+import stat
 import sys
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -102,11 +117,37 @@ def _resize(arr: np.ndarray, size: int | None) -> np.ndarray:
     return arr
 
 
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def open_regular(path: str | Path) -> BinaryIO:
+    """Open `path` for reading only if it is a regular file.
+
+    O_NONBLOCK makes opening a FIFO return at once instead of waiting for a writer (it changes nothing for
+    regular files), and the check runs on the open descriptor, so a file swapped for a FIFO or a device
+    after the walk is refused, not read.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise OSError(f"{_kind(mode)}, not a regular file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def decode(path: Path, gray: bool, size: int | None) -> np.ndarray:
     """Decode one file to uint8 (C, H, W); raises whatever Pillow raises for a bad file."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(path) as im:
+        with open_regular(path) as f, Image.open(f) as im:
             im.seek(0)
             im.load()
             arr = _resize(to_uint8_array(im, gray), size)
@@ -122,23 +163,114 @@ def _reason(e: BaseException) -> str:
 # ------------------------------------------------------------------------------------------------ scan
 
 
-def _class_dirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+# reasons an entry is left out by the walk; the first three stop a strict load
+NOT_REGULAR = "not a regular file"
+OUTSIDE = "link leaving the folder"
+NO_STAT = "cannot be read"
+SEEN_FILE = "file seen before"
+SEEN_FOLDER = "folder seen before"
+BAD_IMAGE = "unreadable image"
 
 
-def _files(folder: Path) -> list[Path]:
-    out = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        out += [Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".")]
-    return out
+class _Walk:
+    """The files under one root, by the rules in the module docstring.
+
+    Paths are kept as found (root / class / name), for messages; links are resolved only to check where
+    they lead. `skipped` holds (path, reason, detail) for every entry left out.
+    """
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.real_root = root.resolve()
+        self.files: dict[tuple[int, int], Path] = {}  # (st_dev, st_ino) -> first path it was found at
+        self.folders: set[tuple[int, int]] = set()  # walked, or reserved as a split or class folder
+        self.started: set[tuple[int, int]] = set()  # folders `files_in` was called for
+        self.skipped: list[tuple[Path, str, str]] = []
+        self._listed: dict[Path, list[tuple[Path, os.stat_result]]] = {}
+
+    def _entries(self, folder: Path, folders_only: bool = False) -> list[tuple[Path, os.stat_result]]:
+        """(path, stat) of the visible entries of `folder` that may be read, sorted by name; once per folder.
+
+        `folders_only` (the root and split folders, where only class folders count): files, FIFOs and
+        broken links there are ignored, not reported; a link to a folder outside the root is reported."""
+        if folder in self._listed:
+            return self._listed[folder]
+        out = []
+        try:
+            names = sorted(e.name for e in os.scandir(folder) if not e.name.startswith("."))
+        except OSError as e:
+            self.skipped.append((folder, NO_STAT, _reason(e)))
+            names = []
+        for name in names:
+            path = folder / name
+            if path.is_symlink():
+                real = Path(os.path.realpath(path))
+                if not real.is_relative_to(self.real_root):
+                    if not folders_only or real.is_dir():
+                        self.skipped.append((path, OUTSIDE, f"a link to {real}, outside {self.real_root}"))
+                    continue
+            try:
+                st = os.stat(path)  # stat, never open: a FIFO would block
+            except OSError as e:  # a dangling link, a link loop, no permission
+                if not folders_only:
+                    self.skipped.append((path, NO_STAT, _reason(e)))
+                continue
+            if folders_only and not stat.S_ISDIR(st.st_mode):
+                continue
+            if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+                self.skipped.append((path, NOT_REGULAR, _kind(st.st_mode)))
+                continue
+            out.append((path, st))
+        self._listed[folder] = out
+        return out
+
+    def reserve(self, folders: list[Path]) -> None:
+        """Folders walked only as what they are (the root, a split, a class), never from inside another."""
+        for d in folders:
+            st = os.stat(d)
+            self.folders.add((st.st_dev, st.st_ino))
+
+    def subfolders(self, folder: Path) -> list[Path]:
+        """The folders in a root or split folder (the class or split folders)."""
+        return [p for p, _ in self._entries(folder, folders_only=True)]
+
+    def files_in(self, folder: Path) -> tuple[list[Path], int]:
+        """Regular files met for the first time under `folder` (files of a folder before its sub-folders,
+        each sorted by name), and how many entries were found there in all (kept or skipped)."""
+        out: list[Path] = []
+        before = len(self.skipped)
+        st = os.stat(folder)
+        if (st.st_dev, st.st_ino) in self.started:  # e.g. test/ a link to train/
+            self.skipped.append((folder, SEEN_FOLDER, "the same folder as another class folder"))
+            return out, 1
+        self.started.add((st.st_dev, st.st_ino))
+        self.folders.discard((st.st_dev, st.st_ino))
+        stack = [(folder, st)]
+        while stack:
+            d, st = stack.pop()
+            key = (st.st_dev, st.st_ino)
+            if key in self.folders or (d != folder and key in self.started):
+                self.skipped.append((d, SEEN_FOLDER, "a link cycle or a second way into a folder"))
+                continue
+            self.folders.add(key)
+            entries = self._entries(d)
+            for p, pst in entries:
+                if stat.S_ISREG(pst.st_mode):
+                    fkey = (pst.st_dev, pst.st_ino)
+                    if fkey in self.files:
+                        self.skipped.append((p, SEEN_FILE, f"the same file as {self.files[fkey]}"))
+                    else:
+                        self.files[fkey] = p
+                        out.append(p)
+            stack += reversed([(p, pst) for p, pst in entries if stat.S_ISDIR(pst.st_mode)])
+        return out, len(out) + len(self.skipped) - before
 
 
-def _layout(root: Path) -> dict[str, Path]:
+def _layout(root: Path, walk: _Walk) -> dict[str, Path]:
     """split name -> folder of class folders."""
     if not root.is_dir():
         raise CnnlabError(f"imagefolder: {root} is not a folder (expected one sub-folder per class)")
-    subs = {p.name for p in _class_dirs(root)}
+    subs = {p.name for p in walk.subfolders(root)}
     if "train" in subs and ({"test", "val"} & subs):
         layout = {"train": root / "train", "test": root / ("test" if "test" in subs else "val")}
         if "test" in subs and "val" in subs:
@@ -147,8 +279,9 @@ def _layout(root: Path) -> dict[str, Path]:
     return {"all": root}
 
 
-def _collect(folder: Path, classes: list[str] | None) -> tuple[list[str], list[Path], list[int]]:
-    dirs = _class_dirs(folder)
+def _class_folders(folder: Path, classes: list[str] | None, walk: _Walk) -> tuple[list[str], list[Path]]:
+    """(class names, class folders) of one split folder; `classes` from train/ when given."""
+    dirs = walk.subfolders(folder)
     names = [d.name for d in dirs]
     if classes is None:
         if not dirs:
@@ -160,21 +293,26 @@ def _collect(folder: Path, classes: list[str] | None) -> tuple[list[str], list[P
         unknown = sorted(set(names) - set(classes))
         if unknown:
             raise CnnlabError(f"imagefolder: {folder} has class folder {unknown[0]!r} that train/ does not have")
+    return classes, dirs
+
+
+def _collect(dirs: list[Path], classes: list[str], walk: _Walk) -> tuple[list[Path], list[int]]:
+    """The files of each class folder and their labels."""
     paths, labels = [], []
     for d in dirs:
-        files = _files(d)
-        if not files:
+        files, found = walk.files_in(d)
+        if not found:
             raise CnnlabError(f"imagefolder: class folder {d} is empty (remove it or add images)")
         paths += files
         labels += [classes.index(d.name)] * len(files)
-    return classes, paths, labels
+    return paths, labels
 
 
 def _probe(path: Path) -> tuple[str, tuple[int, int]]:
     """(mode, (width, height)) from the header; raises for unreadable files and decompression bombs."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(path) as im:
+        with open_regular(path) as f, Image.open(f) as im:
             return im.mode, im.size
 
 
@@ -300,21 +438,34 @@ def load_imagefolder(
     report = report or (lambda line: sys.stderr.write(line + "\n"))
     workers = _default_workers() if num_workers is None else int(num_workers)
     root = Path(path).expanduser()
-    layout = _layout(root)
+    walk = _Walk(root)
+    layout = _layout(root, walk)
     if "val" in layout and val_fraction > 0:
         raise CnnlabError(f"imagefolder: {root} has a val/ folder, so val_fraction must be 0, got {val_fraction}")
 
     # 1. find files per split (classes come from train/, or from the root)
     first = "all" if "all" in layout else "train"
-    classes, paths, labels = _collect(layout[first], None)
-    groups = {first: (paths, labels)}
+    classes, dirs = _class_folders(layout[first], None, walk)
+    split_dirs = {first: dirs}
     for split in ("test", "val"):
         if split in layout:
-            _, p, lab = _collect(layout[split], classes)
-            groups[split] = (p, lab)
+            split_dirs[split] = _class_folders(layout[split], classes, walk)[1]
+    # a link inside one class folder to the root, a split or another class is not walked into
+    walk.reserve([root, *layout.values(), *(d for ds in split_dirs.values() for d in ds)])
+    groups = {split: _collect(ds, classes, walk) for split, ds in split_dirs.items()}
 
     # 2. headers: mode and size of every file; bombs and non-images fail here already
     skipped: list[tuple[Path, str]] = []
+    reasons: Counter[str] = Counter()
+
+    def fail_or_skip(p: Path, why: str, reason: str = BAD_IMAGE) -> None:
+        if strict and reason not in (SEEN_FILE, SEEN_FOLDER):
+            raise CnnlabError(f"imagefolder: cannot read {p} ({reason}: {why}); remove it or load without strict=True")
+        skipped.append((p, f"{reason}: {why}" if reason != BAD_IMAGE else why))
+        reasons[reason] += 1
+
+    for p, reason, why in walk.skipped:
+        fail_or_skip(p, why, reason)
     all_paths = [p for ps, _ in groups.values() for p in ps]
     modes, sizes, bad = {}, {}, {}
     for p in all_paths:
@@ -323,16 +474,12 @@ def load_imagefolder(
         except Exception as e:
             bad[p] = _reason(e)
 
-    def fail_or_skip(p: Path, why: str) -> None:
-        if strict:
-            raise CnnlabError(f"imagefolder: cannot read {p} ({why}); remove it or load without strict=True")
-        skipped.append((p, why))
-
     for p, why in bad.items():
         fail_or_skip(p, why)
     good = [p for p in all_paths if p not in bad]
+    found = len(all_paths) + len(walk.skipped)  # entries the walk met, read or not
     if not good:
-        raise CnnlabError(f"imagefolder: none of the {len(all_paths)} files under {root} is a readable image")
+        raise CnnlabError(f"imagefolder: none of the {found} files under {root} is a readable image")
     gray = all(modes[p] in GRAY_MODES for p in good)
     channels = 1 if gray else 3
     # decoded bytes, from the headers (exact after resizing, an upper bound when files are skipped later)
@@ -354,9 +501,10 @@ def load_imagefolder(
     for p, why in skipped:
         report(f"cnnlab: warning: skipped {p}: {why}")
     if skipped:
-        report(f"cnnlab: warning: skipped {len(skipped)} of {len(all_paths)} files under {root} (listed above)")
+        counts = ", ".join(f"{n} {reason}" for reason, n in reasons.most_common())
+        report(f"cnnlab: warning: skipped {len(skipped)} of {found} files under {root} ({counts}; listed above)")
     if not sums:
-        raise CnnlabError(f"imagefolder: none of the {len(all_paths)} files under {root} is a readable image")
+        raise CnnlabError(f"imagefolder: none of the {found} files under {root} is a readable image")
     if image_size is None:  # only now: a file that fails to decode must not decide the size
         distinct = sorted({sizes[p] for p in sums})
         if len(distinct) > 1:

@@ -2,6 +2,9 @@
 
 Everything is inside the file: images as base64 `data:` URIs, CSS in a `<style>` block, no scripts,
 fonts or links to anything outside, so it opens offline, can be mailed, and renders the same anywhere.
+Every text that comes from the run folder (config.json, metrics.jsonl, the model card, file names) is
+HTML-escaped where it is placed: table cells are escaped by `_table` itself, and only the few fragments
+this module builds (`_Html`) go in as markup, so a planted `<script>` is shown, never run.
 
 Sections: the run at a glance, the configuration, learning curves with the per-epoch table, the
 confusion matrix and per-class accuracy of the chosen weights on the test split (evaluated again, in
@@ -74,8 +77,26 @@ class Report:
 
 
 # ---- small HTML helpers ----------------------------------------------------------------------------
+class _Html(str):
+    """Markup built by this module from escaped parts; `_e` and `_table` pass it through unchanged."""
+
+
 def _e(v: Any) -> str:
-    return html.escape(str(v), quote=True)
+    """Text -> HTML safe in element content and in quoted attributes (`&<>"'` escaped)."""
+    return v if isinstance(v, _Html) else html.escape(str(v), quote=True)
+
+
+def _number(v: Any) -> float | None:
+    """`v` if it is a real number (JSON from a file may hold anything), else None."""
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def _fmt(v: Any, spec: str, missing: str = "–") -> str:
+    """A number formatted with `spec`; anything else a file may hold is shown as its text (escaped later)."""
+    if v is None:
+        return missing
+    n = _number(v)
+    return format(n, spec) if n is not None else str(v)
 
 
 def _img(png: bytes, alt: str, pixels: bool = False) -> str:
@@ -86,21 +107,23 @@ def _img(png: bytes, alt: str, pixels: bool = False) -> str:
 
 def _table(headers: list[str], rows: list[list[Any]], numeric: set[int] = frozenset()) -> str:
     head = "".join(f'<th{" class=num" if i in numeric else ""}>{_e(h)}</th>' for i, h in enumerate(headers))
-    body = "".join("<tr>" + "".join(f'<td{" class=num" if i in numeric else ""}>{c}</td>' for i, c in enumerate(r))
+    body = "".join("<tr>" + "".join(f'<td{" class=num" if i in numeric else ""}>{_e(c)}</td>' for i, c in enumerate(r))
                    + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _value(v: Any) -> str:
-    return _e(json.dumps(v) if isinstance(v, (dict, list, tuple, bool)) or v is None else v)
+    """A config value as text (not yet escaped)."""
+    return json.dumps(v) if isinstance(v, (dict, list, tuple, bool)) or v is None else str(v)
 
 
-def _pct(v: float | None) -> str:
-    return "–" if v is None else f"{100 * v:.2f}%"
+def _pct(v: Any) -> str:
+    n = _number(v)
+    return f"{100 * n:.2f}%" if n is not None else _fmt(v, "")
 
 
-def _loss(v: float | None) -> str:
-    return "–" if v is None else f"{v:.4f}"
+def _loss(v: Any) -> str:
+    return _fmt(v, ".4f")
 
 
 def _si(n: float) -> str:
@@ -133,9 +156,9 @@ def gradient_table(records: list[dict[str, Any]]) -> str:
         return _note(f"every gradient norm of the last record is non-finite ({len(names)} layers)")
     small = min(finite, key=norms.__getitem__)
     large = max(finite, key=norms.__getitem__)
-    rows = [["smallest", _e(small), f"{norms[small]:.3e}"], ["largest", _e(large), f"{norms[large]:.3e}"],
-            ["first layer", _e(names[0]), f"{norms[names[0]]:.3e}"],
-            ["last layer", _e(names[-1]), f"{norms[names[-1]]:.3e}"]]
+    rows = [["smallest", small, f"{norms[small]:.3e}"], ["largest", large, f"{norms[large]:.3e}"],
+            ["first layer", names[0], f"{norms[names[0]]:.3e}"],
+            ["last layer", names[-1], f"{norms[names[-1]]:.3e}"]]
     ratio = norms[large] / norms[small] if norms[small] > 0 else float("inf")
     return (f'<p class="muted">last record: epoch {_e(last["epoch"])}, step {_e(last["step"])}; '
             f"{len(records)} records, {len(names)} layers; largest / smallest = {ratio:.3g}</p>"
@@ -196,7 +219,7 @@ def build_report(run: str | Path, out: str | Path | None = None, *, which: str =
     except CnnlabError as e:
         ev, eval_note = None, f"no evaluation on the test split: {e}"
         notes.append(eval_note)
-    seconds = sum(h.get("seconds") or 0 for h in history)
+    seconds = sum(_number(h.get("seconds")) or 0 for h in history)
     cards = [("test accuracy" + (" (re-evaluated)" if ev else ""), _pct(ev["accuracy"] if ev else card.accuracy)),
              (f"{which} epoch", f"{card.epoch} of {len(history) or '?'}"),
              ("recorded accuracy", _pct(card.accuracy)), ("parameters", params), ("MACs / image", macs),
@@ -204,18 +227,19 @@ def build_report(run: str | Path, out: str | Path | None = None, *, which: str =
     glance = '<div class="cards">' + "".join(f"<div class=card><b>{_e(v)}</b><span>{_e(k)}</span></div>"
                                              for k, v in cards) + "</div>"
     sub = (f"model <code>{_e(card.model)}</code> on <code>{_e(card.dataset)}</code> · input "
-           f"{'×'.join(map(str, card.input_size))} · {card.num_classes} classes · created {_e(meta.get('created', '?'))}"
+           f"{_e('×'.join(map(str, card.input_size)))} · {_e(card.num_classes)} classes · "
+           f"created {_e(meta.get('created', '?'))}"
            f" · {_e(meta.get('device', '?'))}, {_e(meta.get('precision', '?'))}")
 
     # -- configuration
-    conf_rows = [[_e(k), _value(v)] for k, v in cfg.items()]
+    conf_rows = [[k, _value(v)] for k, v in cfg.items()]
     env = meta.get("environment", {})
     body = (f'<div class="kv">{_table(["option", "value"], conf_rows)}</div>' if conf_rows else _note("no config.json"))
     if card.model_options:
-        body += f"<p>model options: <code>{_value(card.model_options)}</code></p>"
+        body += f"<p>model options: <code>{_e(_value(card.model_options))}</code></p>"
     if env:
         body += ("<details><summary>environment</summary>"
-                 + _table(["", ""], [[_e(k), _value(v)] for k, v in env.items()]) + "</details>")
+                 + _table(["", ""], [[k, _value(v)] for k, v in env.items()]) + "</details>")
     parts.append(_section("Configuration", body, "config"))
 
     # -- curves
@@ -233,7 +257,8 @@ def build_report(run: str | Path, out: str | Path | None = None, *, which: str =
         held = "val" if any(h.get("val_accuracy") is not None for h in history) else "test"
         rows = [[h.get("epoch"), _loss(h.get("train_loss")), _pct(h.get("train_accuracy")),
                  _loss(h.get(f"{held}_loss")), _pct(h.get(f"{held}_accuracy")),
-                 f"{h.get('lr', 0):.3g}", f"{h.get('seconds', 0):.1f}", f"{h.get('images_per_second', 0):,.0f}"]
+                 _fmt(h.get("lr", 0), ".3g"), _fmt(h.get("seconds", 0), ".1f"),
+                 _fmt(h.get("images_per_second", 0), ",.0f")]
                 for h in history]
         body += _table(["epoch", "train loss", "train acc", f"{held} loss", f"{held} acc", "lr", "s", "img/s"],
                        rows, numeric=set(range(8)))
@@ -253,8 +278,8 @@ def build_report(run: str | Path, out: str | Path | None = None, *, which: str =
         rows = []
         for name, t, r in zip(card.classes, totals, right, strict=True):
             acc = r / t if t else None
-            bar = f'<div class="bar"><i style="width:{0 if acc is None else 100 * acc:.1f}%"></i></div>'
-            rows.append([_e(name), _pct(acc), f"{r:,} / {t:,}", bar])
+            bar = _Html(f'<div class="bar"><i style="width:{0 if acc is None else 100 * acc:.1f}%"></i></div>')
+            rows.append([name, _pct(acc), f"{r:,} / {t:,}", bar])
         body += "<h3>Per-class accuracy</h3>" + _table(["class", "accuracy", "right / images", ""], rows, numeric={1, 2})
         parts.append(_section(f"Confusion matrix: {_pct(ev['accuracy'])} on the test split", body, "confusion"))
     else:

@@ -3,10 +3,19 @@
 The exported model takes float images `(N, C, H, W)` in [0, 1] (the batch size is free) and returns
 logits `(N, K)`; the training mean/std are baked in as its first operation, so a deployment needs only
 the classes, written beside it as `<file>.json`.
+
+Every export is checked before it is kept: the file is loaded the way a deployment would load it (ONNX
+Runtime for ONNX, `torch.jit.load` for TorchScript) and run on a batch of `VERIFY_BATCH` random images
+(a batch size the export was not traced with, so the free batch axis is exercised too), and its logits
+are compared with PyTorch's. A file that does not load (e.g. an opset ONNX Runtime does not implement)
+or whose logits differ by more than `tolerance` is refused with one line, and nothing is written; the
+largest difference is recorded under "verified" in `<file>.json`. Weights holding NaN or infinity are
+refused before anything is exported.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
 from pathlib import Path
@@ -19,6 +28,13 @@ from cnnlab.errors import CnnlabError
 from cnnlab.train.run import load_model
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
+VERIFY_BATCH = 4  # images run through the exported file and through PyTorch (the export traces a batch of 2)
+
+
+def tolerance(reference: torch.Tensor) -> float:
+    """Largest absolute logit difference accepted: 1e-3 relative to the logits' scale. Another runtime's
+    fp32 kernels sum in another order (differences ~1e-6 of the scale); a wrong graph differs by far more."""
+    return 1e-3 * (1.0 + float(reference.abs().max()))
 
 
 class Normalized(nn.Module):
@@ -42,26 +58,88 @@ def exportable(run: str | Path, which: str = "best") -> tuple[Normalized, dict]:
 
 def export(run: str | Path, format: str = "onnx", out: str | Path | None = None, *, which: str = "best",
            opset: int = 17) -> Path:
-    """Write the exported model (`RUN/export/<which>.onnx` by default) and `<file>.json`; returns its path."""
+    """Write the exported model (`RUN/export/<which>.onnx` by default) and `<file>.json`, once the file
+    has been loaded and checked against PyTorch (module docstring); returns its path."""
     fmt = str(format).lower()
     if fmt not in FORMATS:
         raise CnnlabError(f"unknown export format '{format}'; choose onnx or torchscript")
+    if fmt == "onnx":
+        _onnxruntime()  # before any work: without it the export cannot be checked
     wrapped, card = exportable(run, which)
     path = Path(out) if out else Path(run) / "export" / f"{which}{FORMATS[fmt]}"
+    made = [p for p in (path.parent, *path.parent.parents) if not p.exists()]  # folders to remove on failure
     path.parent.mkdir(parents=True, exist_ok=True)
     example = torch.rand(2, *card["input_size"])
-    with atomic_path(path) as tmp:  # exporters write to a path: a private temporary one, renamed into place
-        if fmt == "onnx":
-            _export_onnx(wrapped, example, tmp, opset)
-        else:
-            with torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, still widely deployed
-                traced = torch.jit.trace(wrapped, example)
-            traced.save(str(tmp))
+    try:
+        with atomic_path(path) as tmp:  # exporters write to a path: a private temporary one, renamed into place
+            if fmt == "onnx":
+                _export_onnx(wrapped, example, tmp, opset)
+            else:
+                with torch.no_grad(), warnings.catch_warnings():
+                    warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, still widely deployed
+                    traced = torch.jit.trace(wrapped, example)
+                traced.save(str(tmp))
+            verified = verify_export(tmp, fmt, wrapped, tuple(card["input_size"]), opset)
+    except BaseException:
+        for folder in made:  # only the folders this call created, and only while empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
     info = {"input": {"shape": ["N", *card["input_size"]], "dtype": "float32", "range": [0.0, 1.0],
-                      "normalisation": "included"}, "output": "logits (N, K)", **card}
+                      "normalisation": "included"}, "output": "logits (N, K)", **card, "verified": verified}
     atomic_write_json(path.with_name(path.name + ".json"), info)
     return path
+
+
+def _onnxruntime():
+    try:
+        import onnxruntime  # noqa: PLC0415 - optional: the `export` extra
+    except ImportError:
+        raise CnnlabError("an ONNX export is checked with ONNX Runtime, which is not installed: "
+                          "pip install 'cnnlab[export]' (or export with --format torchscript)") from None
+    return onnxruntime
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def verify_export(file: Path, fmt: str, model: nn.Module, input_size: tuple[int, int, int], opset: int) -> dict:
+    """Load `file` as a deployment would, run it and `model` on the same `VERIFY_BATCH` images in [0, 1],
+    and return {"with", "batch", "max_abs_diff", "tolerance"}; CnnlabError if it does not load or differs."""
+    x = torch.rand((VERIFY_BATCH, *input_size), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = model(x)
+    if fmt == "onnx":
+        ort = _onnxruntime()
+        runtime = f"ONNX Runtime {ort.__version__}"
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only: its opset warnings would print on stderr
+        try:
+            session = ort.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
+            (got,) = session.run(None, {"images": x.numpy()})
+        except Exception as e:  # noqa: BLE001 - ONNX Runtime raises its own types (Fail, NotImplemented, ...)
+            raise CnnlabError(f"{runtime} cannot run the exported model (opset {opset}): {_first_line(e)}; "
+                              "export with an opset it implements, e.g. --opset 17 (the default)") from None
+        got = torch.from_numpy(got)
+    else:
+        runtime = f"torch.jit.load (torch {torch.__version__})"
+        try:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                got = torch.jit.load(str(file))(x)
+        except Exception as e:  # noqa: BLE001 - TorchScript raises RuntimeError and friends
+            raise CnnlabError(f"the exported TorchScript file does not load and run: {_first_line(e)}") from None
+    if tuple(got.shape) != tuple(reference.shape):
+        raise CnnlabError(f"the exported model returns shape {tuple(got.shape)} for a batch of {VERIFY_BATCH}, "
+                          f"PyTorch {tuple(reference.shape)}; nothing was written")
+    diff = float((got.float() - reference).abs().max())
+    tol = tolerance(reference)
+    if not diff <= tol:  # also catches NaN
+        raise CnnlabError(f"the exported model differs from PyTorch by up to {diff:.3g} in the logits of "
+                          f"{VERIFY_BATCH} images (tolerance {tol:.3g}); nothing was written")
+    return {"with": runtime, "batch": VERIFY_BATCH, "max_abs_diff": diff, "tolerance": tol}
 
 
 def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
@@ -71,11 +149,15 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int
         # it is deprecated but still the dependable path for plain CNNs.
         warnings.simplefilter("ignore")
         try:
-            torch.onnx.export(model, (example,), str(path), dynamo=False,
-                              dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, **kwargs)
-        except TypeError:  # a torch without the legacy exporter
-            batch = torch.export.Dim("batch")
-            torch.onnx.export(model, (example,), str(path), dynamic_shapes=({0: batch},), **kwargs)
+            try:
+                torch.onnx.export(model, (example,), str(path), dynamo=False,
+                                  dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, **kwargs)
+            except TypeError:  # a torch without the legacy exporter
+                batch = torch.export.Dim("batch")
+                torch.onnx.export(model, (example,), str(path), dynamic_shapes=({0: batch},), **kwargs)
+        except (RuntimeError, ValueError) as e:  # e.g. "Unsupported onnx_opset_version: 25"
+            raise CnnlabError(f"torch {torch.__version__} cannot export this model to ONNX opset {opset}: "
+                              f"{_first_line(e)}; try the default, --opset 17") from None
 
 
 def read_export_info(path: str | Path) -> dict:

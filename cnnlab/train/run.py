@@ -15,6 +15,7 @@ from torch import nn
 from cnnlab.core.run import ModelCard, RunDir, open_run
 from cnnlab.errors import CnnlabError
 from cnnlab.models import model_info, resolve_model
+from cnnlab.train.finite import check_finite_weights
 
 
 def build_model(text: str, input_size: tuple[int, int, int], num_classes: int, options: dict[str, Any] | None = None) -> nn.Module:
@@ -59,6 +60,7 @@ def load_model(run: str | Path | RunDir, which: str = "best") -> tuple[nn.Module
     """Rebuild the model of run `run` from `which.json` and load `which.safetensors` into it (eval mode, CPU)."""
     run_dir = run if isinstance(run, RunDir) else open_run(run)
     state, card = run_dir.load_weights(which)
+    check_finite_weights(state, run_dir.path / f"{which}.safetensors", which)  # a diverged run's weights
     model = build_model(card.model, card.input_size, card.num_classes, card.model_options)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
