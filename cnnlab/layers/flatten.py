@@ -1,49 +1,73 @@
-"""Flatten whose gradient keeps the input's memory layout (channels_last stays channels_last).
+"""`FlattenKeepLayout`: `nn.Flatten` whose gradient keeps a channels_last input's memory layout; `cnnlab.fuse`
+puts it in place of a model's `nn.Flatten` modules.
 
 Flattening a channels_last `(N, C, H, W)` map to `(N, C*H*W)` in (C, H, W) order (the order fc weights,
 and torchvision's, assume) copies it into NCHW order. Autograd then hands the gradient back as an NCHW
 view, so the max-pool, activation and convolution backward passes below it convert their tensors back
-to channels_last: two extra copies of the map before the pool, every step. Returning the gradient in
-the input's layout costs one copy of the small flattened map instead: 1.07-1.10x more training images/s
-for `simple_cnn` in bf16 on a 2-core CPU (`benchmarks/step_levers.py`; the same values, other strides).
+to channels_last: two extra copies of the map before the pool, every step. Returning the gradient in the
+input's layout costs one copy of the small flattened map instead (`benchmarks/step_levers.py` measures it).
+
+The values are `torch.flatten`'s. Where it matters (a 4-D channels_last input that needs a gradient) the
+module calls the operator `torch.ops.cnnlab.flatten_keep_layout` (a `torch.library.custom_op` with fake,
+autograd and vmap registrations); elsewhere `torch.flatten`. `torch.fx.symbolic_trace` records the
+module's function as one call (`torch.fx.wrap`).
 """
 
 from __future__ import annotations
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from cnnlab.layers._tracing import tracing
-
-
-class _FlattenKeepLayout(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, start_dim: int, end_dim: int) -> torch.Tensor:
-        ctx.shape = x.shape
-        return x.flatten(start_dim, end_dim)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return grad.reshape(ctx.shape).contiguous(memory_format=torch.channels_last), None, None
+__all__ = ["FlattenKeepLayout", "flatten_keep_layout"]
 
 
-def _keeps_layout(x: torch.Tensor) -> bool:
-    """True where the plain flatten would hand back a gradient in another layout than `x`'s."""
-    if tracing() or torch.compiler.is_compiling():  # before touching x: under fx it is a proxy
-        return False
-    return (x.dim() == 4 and x.requires_grad and torch.is_grad_enabled() and not x.is_contiguous()
-            and x.is_contiguous(memory_format=torch.channels_last))
+def _span(dim: int, start_dim: int, end_dim: int) -> tuple[int, int]:
+    return start_dim % dim if dim else 0, end_dim % dim if dim else 0
 
 
-def flatten(x: torch.Tensor, start_dim: int = 1, end_dim: int = -1) -> torch.Tensor:
+@torch.library.custom_op("cnnlab::flatten_keep_layout", mutates_args=())
+def _flatten_op(x: Tensor, start_dim: int, end_dim: int) -> Tensor:
+    y = torch.flatten(x, start_dim, end_dim)
+    return y.clone() if y.untyped_storage().data_ptr() == x.untyped_storage().data_ptr() else y  # never a view
+
+
+@_flatten_op.register_fake
+def _(x: Tensor, start_dim: int, end_dim: int) -> Tensor:
+    return torch.empty_like(torch.flatten(x, start_dim, end_dim), memory_format=torch.contiguous_format)
+
+
+def _setup(ctx, inputs, output) -> None:
+    x = inputs[0]
+    ctx.shape = x.shape
+    ctx.channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def _backward(ctx, grad: Tensor):
+    grad = grad.reshape(ctx.shape)  # (N, C, H, W), an NCHW view
+    return (grad.contiguous(memory_format=torch.channels_last) if ctx.channels_last else grad), None, None
+
+
+_flatten_op.register_autograd(_backward, setup_context=_setup)
+
+
+@_flatten_op.register_vmap
+def _(info, in_dims, x: Tensor, start_dim: int, end_dim: int):
+    x = x.movedim(in_dims[0], 0) if in_dims[0] is not None else x.unsqueeze(0).expand(info.batch_size, *x.shape)
+    start, end = _span(x.dim() - 1, start_dim, end_dim)
+    return torch.ops.cnnlab.flatten_keep_layout(x, start + 1, end + 1), 0
+
+
+@torch.fx.wrap  # symbolic_trace records one call to this function, which branches on the tensor's metadata
+def flatten_keep_layout(x: Tensor, start_dim: int = 1, end_dim: int = -1) -> Tensor:
     """`torch.flatten(x, start_dim, end_dim)`, same values; a channels_last `x` gets a channels_last gradient."""
-    if _keeps_layout(x):
-        return _FlattenKeepLayout.apply(x, start_dim, end_dim)
+    if (x.dim() == 4 and x.requires_grad and torch.is_grad_enabled() and not x.is_contiguous()
+            and x.is_contiguous(memory_format=torch.channels_last)):
+        return torch.ops.cnnlab.flatten_keep_layout(x, start_dim, end_dim)
     return torch.flatten(x, start_dim, end_dim)
 
 
-class Flatten(nn.Flatten):
-    """`nn.Flatten` (same repr, no state), whose gradient keeps a channels_last input's layout."""
+class FlattenKeepLayout(nn.Flatten):
+    """`nn.Flatten(start_dim, end_dim)` whose gradient keeps a channels_last input's layout (see the module's doc)."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return flatten(x, self.start_dim, self.end_dim)
+    def forward(self, x: Tensor) -> Tensor:
+        return flatten_keep_layout(x, self.start_dim, self.end_dim)

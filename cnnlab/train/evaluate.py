@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlab.errors import CnnlabError
+from cnnlab.layers.fusion import fuse
 from cnnlab.train.inputs import Preprocess, load_data
 from cnnlab.train.precision import Precision, resolve_precision
 from cnnlab.train.tta import check_tta, tta_log_probs
@@ -115,6 +116,7 @@ def evaluate(run: str | Path, data=None, *, which: str = "best", split: str = "t
     if part is None:
         raise CnnlabError(f"dataset has no '{split}' split; choose test, train or val (val needs --val-fraction)")
     prec = resolve_precision(precision, device)
+    model = fuse(model, inplace=True, kernel=prec.device.type == "cpu") if cfg.get("fuse", True) else model
     model = model.to(prec.device)
     if prec.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -31,6 +31,7 @@ from torch import nn
 
 from cnnlab.errors import CnnlabError
 from cnnlab.layers._native import status as native_status
+from cnnlab.layers.fusion import fuse
 from cnnlab.runtime import tune_allocator
 from cnnlab.train import distributed
 from cnnlab.train.checkpoint import (
@@ -178,6 +179,7 @@ class Trainer:
             model = build_model(cfg.model, self.input_size, len(self.classes), options)
         check_model_fits(model, self.input_size, len(self.classes), f"'{cfg.model}'")
         self.model_options = options
+        model = fuse(model, inplace=True, kernel=self.precision.device.type == "cpu") if cfg.fuse else model  # same values, faster
 
         self._setup_run_dir()
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from cnnlab.layers.fusion import fuse
 from cnnlab.train.checkpoint import load_safetensors, save_safetensors
 
 CACHE_VERSION = "features-v1"
@@ -63,7 +64,7 @@ def extract(body: nn.Module, adapter: nn.Module, images: torch.Tensor, *, batch_
     """Run `adapter` then `body` on uint8 images (N, C, H, W) in batches -> float32 (N, D) on the CPU."""
     device = torch.device(device)
     prec = _precision(device, precision)
-    body = body.to(device).eval()
+    body = fuse(body, inplace=True, keep=getattr(body, "observed", ()), kernel=device.type == "cpu").to(device).eval()
     adapter = adapter.to(device)
     outs = []
     for start in range(0, len(images), batch_size):
