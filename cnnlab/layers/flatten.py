@@ -36,18 +36,37 @@ def _(x: Tensor, start_dim: int, end_dim: int) -> Tensor:
     return torch.empty_like(torch.flatten(x, start_dim, end_dim), memory_format=torch.contiguous_format)
 
 
+def _channels_last(x: Tensor) -> bool:
+    """A 4-D map stored (N, H, W, C) that is not also plain contiguous (from its strides, which vmap answers)."""
+    n, c, h, w = x.shape
+    s = x.stride()
+    return c > 1 and h * w > 1 and s[1] == 1 and s[3] == c and (h == 1 or s[2] == w * c) and (n == 1 or s[0] == h * w * c)
+
+
 def _setup(ctx, inputs, output) -> None:
     x = inputs[0]
     ctx.shape = x.shape
-    ctx.channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+    ctx.channels_last = x.dim() == 4 and _channels_last(x)
 
 
 def _backward(ctx, grad: Tensor):
     grad = grad.reshape(ctx.shape)  # (N, C, H, W), an NCHW view
-    return (grad.contiguous(memory_format=torch.channels_last) if ctx.channels_last else grad), None, None
+    if ctx.channels_last:  # copied to (N, H, W, C) order: .contiguous(memory_format=torch.channels_last), also under vmap
+        grad = grad.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+    return grad, None, None
 
 
 _flatten_op.register_autograd(_backward, setup_context=_setup)
+
+
+class _FlattenFunction(torch.autograd.Function):
+    """The same formula as an autograd.Function, which works under torch.func transforms (register_autograd's
+    does not yet: pytorch/pytorch#168393); its vmap rule is generated from the operator's."""
+
+    generate_vmap_rule = True
+    forward = staticmethod(lambda x, start_dim, end_dim: torch.ops.cnnlab.flatten_keep_layout(x, start_dim, end_dim))
+    setup_context = staticmethod(_setup)
+    backward = staticmethod(_backward)
 
 
 @_flatten_op.register_vmap
@@ -60,9 +79,8 @@ def _(info, in_dims, x: Tensor, start_dim: int, end_dim: int):
 @torch.fx.wrap  # symbolic_trace records one call to this function, which branches on the tensor's metadata
 def flatten_keep_layout(x: Tensor, start_dim: int = 1, end_dim: int = -1) -> Tensor:
     """`torch.flatten(x, start_dim, end_dim)`, same values; a channels_last `x` gets a channels_last gradient."""
-    if (x.dim() == 4 and x.requires_grad and torch.is_grad_enabled() and not x.is_contiguous()
-            and x.is_contiguous(memory_format=torch.channels_last)):
-        return torch.ops.cnnlab.flatten_keep_layout(x, start_dim, end_dim)
+    if x.dim() == 4 and x.requires_grad and torch.is_grad_enabled() and _channels_last(x):
+        return _FlattenFunction.apply(x, start_dim, end_dim)  # torch.ops.cnnlab.flatten_keep_layout
     return torch.flatten(x, start_dim, end_dim)
 
 

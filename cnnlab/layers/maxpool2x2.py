@@ -55,11 +55,12 @@ def kernel_applies(x: Tensor) -> bool:
     """Whether the 2x2 pools run `x` (N, C, H, W) on the C kernel: see the module's doc. Reads metadata only.
     The portable C loops (other channel counts) compute the same values but measured slower than
     PyTorch's kernels, so they are not chosen here."""
-    if not _native.simd_loaded():
+    if not (_native.simd_loaded() and x.device.type == "cpu" and x.dtype in _SIMD_LANES and x.dim() == 4):
         return False
-    return (x.device.type == "cpu" and x.dtype in _SIMD_LANES and x.dim() == 4 and x.shape[2] >= 2
-            and x.shape[3] >= 2 and x.shape[1] % _SIMD_LANES[x.dtype] == 0
-            and x.is_contiguous(memory_format=torch.channels_last))
+    n, c, h, w = x.shape
+    s = x.stride()  # dense (N, H, W, C) in memory; strides, not is_contiguous(memory_format=), also answer under vmap
+    return (h >= 2 and w >= 2 and c % _SIMD_LANES[x.dtype] == 0 and s[1] == 1 and s[3] == c and s[2] == w * c
+            and (n == 1 or s[0] == h * w * c))
 
 
 # ---------------------------------------------------------------------------------------- operators
@@ -139,13 +140,14 @@ def _gather(h: Tensor, code: Tensor) -> Tensor:
 def _forward_setup(ctx, inputs, output) -> None:
     x, _ = inputs
     _, code = output
+    ctx.mark_non_differentiable(code)
     ctx.save_for_backward(code)
     ctx.size = (x.shape[2], x.shape[3])
 
 
 def _forward_grad(ctx, grad: Tensor, _grad_code):
     (code,) = ctx.saved_tensors
-    return torch.ops.cnnlab.max_pool2x2_backward(grad, code, *ctx.size), None
+    return _BackwardFunction.apply(grad, code, *ctx.size), None
 
 
 def _backward_setup(ctx, inputs, output) -> None:
@@ -159,6 +161,23 @@ def _backward_grad(ctx, h: Tensor):
 
 _forward_op.register_autograd(_forward_grad, setup_context=_forward_setup)
 _backward_op.register_autograd(_backward_grad, setup_context=_backward_setup)
+
+
+# The same formulas as autograd.Functions, which the modules call. PyTorch's register_autograd does not yet
+# work under torch.func transforms (the Function it generates has no setup_context: pytorch/pytorch#168393,
+# #179652); these do, with vmap rules generated from the operators' own (register_vmap below).
+class _ForwardFunction(torch.autograd.Function):
+    generate_vmap_rule = True
+    forward = staticmethod(lambda x, relu: torch.ops.cnnlab.max_pool2x2(x, relu))
+    setup_context = staticmethod(_forward_setup)
+    backward = staticmethod(_forward_grad)
+
+
+class _BackwardFunction(torch.autograd.Function):
+    generate_vmap_rule = True
+    forward = staticmethod(lambda grad, code, height, width: torch.ops.cnnlab.max_pool2x2_backward(grad, code, height, width))
+    setup_context = staticmethod(_backward_setup)
+    backward = staticmethod(_backward_grad)
 
 
 def _batch_first(t: Tensor | None, dim: int | None, size: int) -> Tensor | None:
@@ -188,7 +207,7 @@ def max_pool2x2(x: Tensor, relu: bool = False) -> Tensor:
     """`relu(max_pool2d(x, 2))` if relu else `max_pool2d(x, 2)`, on the C kernel: x (N, C, H, W) bf16 or fp32
     on CPU -> (N, C, H//2, W//2) channels_last. Any channel count (the portable loops where AVX-512 does not
     apply); needs `load_kernel()` first."""
-    return torch.ops.cnnlab.max_pool2x2(x, relu)[0]
+    return _ForwardFunction.apply(x, relu)[0]
 
 
 # ------------------------------------------------------------------------------------------ modules
@@ -198,7 +217,7 @@ def max_pool2x2(x: Tensor, relu: bool = False) -> Tensor:
 def relu_max_pool2x2(x: Tensor, relu: bool) -> Tensor:
     """`relu(max_pool2d(x, 2))` (or the pool alone): on the C kernel where `kernel_applies(x)`, else PyTorch's."""
     if kernel_applies(x):
-        return torch.ops.cnnlab.max_pool2x2(x, relu)[0]  # (N, C, H/2, W/2)
+        return _ForwardFunction.apply(x, relu)[0]  # (N, C, H/2, W/2): torch.ops.cnnlab.max_pool2x2
     y = F.max_pool2d(x, 2, 2)  # (N, C, H/2, W/2)
     return torch.relu(y) if relu else y
 
