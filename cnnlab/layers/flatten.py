@@ -8,32 +8,18 @@ to channels_last: two extra copies of the map before the pool, every step. Retur
 input's layout costs one copy of the small flattened map instead (`benchmarks/step_levers.py` measures it).
 
 The values are `torch.flatten`'s. Where it matters (a 4-D channels_last input that needs a gradient) the
-module calls the operator `torch.ops.cnnlab.flatten_keep_layout` (a `torch.library.custom_op` with fake,
-autograd and vmap registrations); elsewhere `torch.flatten`. `torch.fx.symbolic_trace` records the
-module's function as one call (`torch.fx.wrap`).
+module runs an autograd.Function around `torch.flatten`; elsewhere `torch.flatten` itself.
+`torch.fx.symbolic_trace` records the module's function as one call (`torch.fx.wrap`).
 """
 
 from __future__ import annotations
+
+import inspect
 
 import torch
 from torch import Tensor, nn
 
 __all__ = ["FlattenKeepLayout", "flatten_keep_layout"]
-
-
-def _span(dim: int, start_dim: int, end_dim: int) -> tuple[int, int]:
-    return start_dim % dim if dim else 0, end_dim % dim if dim else 0
-
-
-@torch.library.custom_op("cnnlab::flatten_keep_layout", mutates_args=())
-def _flatten_op(x: Tensor, start_dim: int, end_dim: int) -> Tensor:
-    y = torch.flatten(x, start_dim, end_dim)
-    return y.clone() if y.untyped_storage().data_ptr() == x.untyped_storage().data_ptr() else y  # never a view
-
-
-@_flatten_op.register_fake
-def _(x: Tensor, start_dim: int, end_dim: int) -> Tensor:
-    return torch.empty_like(torch.flatten(x, start_dim, end_dim), memory_format=torch.contiguous_format)
 
 
 def _channels_last(x: Tensor) -> bool:
@@ -56,31 +42,28 @@ def _backward(ctx, grad: Tensor):
     return grad, None, None
 
 
-_flatten_op.register_autograd(_backward, setup_context=_setup)
-
-
 class _FlattenFunction(torch.autograd.Function):
-    """The same formula as an autograd.Function, which works under torch.func transforms (register_autograd's
-    does not yet: pytorch/pytorch#168393); its vmap rule is generated from the operator's."""
+    """`torch.flatten` with a backward pass that returns the gradient in the input's layout. In PyTorch's
+    operators only (no C), so torch.compile, torch.export and torch.func trace it as they trace any
+    Function (with setup_context; vmap rule generated); export and inference see a plain flatten."""
 
     generate_vmap_rule = True
-    forward = staticmethod(lambda x, start_dim, end_dim: torch.ops.cnnlab.flatten_keep_layout(x, start_dim, end_dim))
     setup_context = staticmethod(_setup)
     backward = staticmethod(_backward)
 
+    @staticmethod
+    def forward(x: Tensor, start_dim: int, end_dim: int) -> Tensor:
+        return torch.flatten(x, start_dim, end_dim)  # a copy: only channels_last, non-contiguous inputs come here
 
-@_flatten_op.register_vmap
-def _(info, in_dims, x: Tensor, start_dim: int, end_dim: int):
-    x = x.movedim(in_dims[0], 0) if in_dims[0] is not None else x.unsqueeze(0).expand(info.batch_size, *x.shape)
-    start, end = _span(x.dim() - 1, start_dim, end_dim)
-    return torch.ops.cnnlab.flatten_keep_layout(x, start + 1, end + 1), 0
+
+_FlattenFunction.forward.__signature__ = inspect.signature(_FlattenFunction.forward)  # bound on every apply: once
 
 
 @torch.fx.wrap  # symbolic_trace records one call to this function, which branches on the tensor's metadata
 def flatten_keep_layout(x: Tensor, start_dim: int = 1, end_dim: int = -1) -> Tensor:
     """`torch.flatten(x, start_dim, end_dim)`, same values; a channels_last `x` gets a channels_last gradient."""
     if x.dim() == 4 and x.requires_grad and torch.is_grad_enabled() and _channels_last(x):
-        return _FlattenFunction.apply(x, start_dim, end_dim)  # torch.ops.cnnlab.flatten_keep_layout
+        return _FlattenFunction.apply(x, start_dim, end_dim)
     return torch.flatten(x, start_dim, end_dim)
 
 

@@ -33,6 +33,8 @@ operators; calling `torch.ops.cnnlab.max_pool2x2` directly without it raises an 
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -147,7 +149,9 @@ def _forward_setup(ctx, inputs, output) -> None:
 
 def _forward_grad(ctx, grad: Tensor, _grad_code):
     (code,) = ctx.saved_tensors
-    return _BackwardFunction.apply(grad, code, *ctx.size), None
+    if torch.is_grad_enabled():  # create_graph=True (and torch.func): keep the backward pass differentiable
+        return _BackwardFunction.apply(grad, code, *ctx.size), None
+    return torch.ops.cnnlab.max_pool2x2_backward(grad, code, *ctx.size), None
 
 
 def _backward_setup(ctx, inputs, output) -> None:
@@ -166,18 +170,31 @@ _backward_op.register_autograd(_backward_grad, setup_context=_backward_setup)
 # The same formulas as autograd.Functions, which the modules call. PyTorch's register_autograd does not yet
 # work under torch.func transforms (the Function it generates has no setup_context: pytorch/pytorch#168393,
 # #179652); these do, with vmap rules generated from the operators' own (register_vmap below).
+def _signed(fn):
+    """`fn` with its signature computed once: Function.apply binds arguments to it on every call (for
+    Functions with a setup_context), and inspect.signature honours a stored `__signature__`."""
+    fn.__signature__ = inspect.signature(fn)
+    return staticmethod(fn)
+
+
 class _ForwardFunction(torch.autograd.Function):
     generate_vmap_rule = True
-    forward = staticmethod(lambda x, relu: torch.ops.cnnlab.max_pool2x2(x, relu))
     setup_context = staticmethod(_forward_setup)
     backward = staticmethod(_forward_grad)
+
+    @_signed
+    def forward(x: Tensor, relu: bool) -> tuple[Tensor, Tensor]:
+        return torch.ops.cnnlab.max_pool2x2(x, relu)
 
 
 class _BackwardFunction(torch.autograd.Function):
     generate_vmap_rule = True
-    forward = staticmethod(lambda grad, code, height, width: torch.ops.cnnlab.max_pool2x2_backward(grad, code, height, width))
     setup_context = staticmethod(_backward_setup)
     backward = staticmethod(_backward_grad)
+
+    @_signed
+    def forward(grad: Tensor, code: Tensor, height: int, width: int) -> Tensor:
+        return torch.ops.cnnlab.max_pool2x2_backward(grad, code, height, width)
 
 
 def _batch_first(t: Tensor | None, dim: int | None, size: int) -> Tensor | None:
