@@ -183,3 +183,53 @@ def test_torch_func_per_sample_gradients_match():
     assert got.keys() == ref.keys()
     for k in ref:
         assert torch.equal(got[k], ref[k]), k
+
+
+# ---- where cnnlab fuses: the Trainer (TrainConfig.fuse, --no-fuse), evaluation, feature extraction ----------
+
+
+def _weights(path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(path / "last.safetensors")
+
+
+def test_the_trainer_fuses_by_default_and_no_fuse_trains_the_same_weights(tmp_path):
+    import json
+
+    from cnnlab.cli.main import main
+
+    fused_run = cnnlab.train(model="simple_cnn", data="digits", epochs=1, out=str(tmp_path / "fused"),
+                             verbose=False, plots=False)
+    assert any(isinstance(m, ReLUMaxPool2x2) for m in fused_run.model.modules())
+    assert main(["train", "--model", "simple_cnn", "--data", "digits", "--epochs", "1", "--no-fuse",
+                 "--out", str(tmp_path / "plain"), "--quiet"]) == 0
+    assert json.loads((tmp_path / "fused" / "config.json").read_text())["config"]["fuse"] is True
+    assert json.loads((tmp_path / "plain" / "config.json").read_text())["config"]["fuse"] is False
+    a, b = _weights(tmp_path / "fused"), _weights(tmp_path / "plain")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+class _ToFloat(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.float()
+
+
+def test_feature_extraction_at_a_fused_relu_still_reads_the_relu():
+    """A cut at the ReLU of a pair (read by a forward hook) keeps that pair unfused: the features are the
+    ReLU's output, not the convolution's."""
+    from cnnlab.transfer.backbone import Truncated
+    from cnnlab.transfer.features import extract
+
+    model = _tied(create_model("simple_cnn")).eval()
+    images = torch.randint(0, 256, (6, 1, 28, 28), dtype=torch.uint8)
+    body = Truncated(model, "features.4")
+    feats = extract(body, _ToFloat(), images, precision="fp32")
+    assert type(body.model.features[4]) is nn.ReLU  # kept
+    assert isinstance(body.model.features[2], ReLUMaxPool2x2)  # the other pair fused
+    x = images.float()
+    expected = torch.relu(model.features[3](torch.relu(nn.functional.max_pool2d(model.features[0](x), 2))))
+    assert (feats >= 0).all() and (feats == 0).any()
+    torch.testing.assert_close(feats, expected.flatten(1))

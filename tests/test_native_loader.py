@@ -106,3 +106,16 @@ def test_a_library_planted_in_the_shared_temporary_folder_is_ignored(tmp_path):
     run = _python(tmp_path, CNNLAB_NATIVE_CACHE="/dev/null/cannot-be-a-folder")
     _refused(run, tmp_path, f"the folder {shared} is owned by uid {OTHER_UID}, not by you")
     assert f"C kernels off: not loading from {shared}" in run.stdout  # status() says why
+
+
+def test_cnnlab_native_build_builds_once_and_says_so(tmp_path):
+    env = {**os.environ, "CNNLAB_NATIVE_CACHE": str(tmp_path / "cache")}
+    cli = [sys.executable, "-m", "cnnlab.cli.main", "native", "build"]
+    first = subprocess.run(cli, capture_output=True, text=True, timeout=300, env=env)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith("C kernels on") and first.stderr.count("compiling the C max-pool kernel") == 1
+    second = subprocess.run(cli, capture_output=True, text=True, timeout=300, env=env)
+    assert second.stdout == first.stdout and "compiling" not in second.stderr
+    imported = subprocess.run([sys.executable, "-c", "import sys, cnnlab.cli.cmd_native; print('torch' in sys.modules)"],
+                              capture_output=True, text=True, timeout=60)
+    assert imported.stdout.strip() == "False"  # `cnnlab --help` stays free of torch
