@@ -10,7 +10,7 @@ Modules (no state; what `print(model)` shows is what runs):
 
 Where the C kernel applies (`kernel_applies(x)`: a CPU bf16 or fp32 4-D channels_last map, channels a
 multiple of 32 in bf16 or 16 in fp32, the kernel loaded and its AVX-512 loops usable), both call the
-operator `torch.ops.cnnlab.max_pool2x2`; elsewhere PyTorch's `max_pool2d` and `relu`, which compute the
+operator `torch.ops.cnnlab.max_pool2x2`, elsewhere PyTorch's `max_pool2d` and `relu`, which compute the
 same values. The decision reads only the tensor's device, dtype, shape and layout, so torch.compile and
 torch.export see an ordinary branch; `torch.fx.symbolic_trace` records the module's function
 (`relu_max_pool2x2`, registered with `torch.fx.wrap`) as one call.
@@ -22,6 +22,10 @@ formulas and vmap rules, so tracing, torch.compile, torch.export and torch.func 
   maximum, and the top bit where the gradient passes (ReLU's mask folded in).
 - `cnnlab::max_pool2x2_backward(grad, code, height, width) -> grad_x`, itself differentiable in `grad`
   (double backward, e.g. a gradient penalty).
+The modules apply the same autograd formulas through `torch.autograd.Function`s (with setup_context and
+generated vmap rules) wrapped around the operators, because the Function that `register_autograd` generates
+does not yet work under torch.func.grad (pytorch/pytorch#168393, #179652); the operators keep their own
+registration for code that calls them directly.
 PyTorch saves an int64 index per output element and runs its backward pass as a zero-fill plus a scatter;
 the C kernel (`_native/maxpool2x2.c`) writes each input gradient once from the narrow code. Measured speeds
 are in docs/performance.md and `benchmarks/step_levers.py`.
