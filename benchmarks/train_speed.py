@@ -35,9 +35,11 @@ THRESHOLDS = (0.90, 0.92, 0.93, 0.94)
 
 # ---- machine -----------------------------------------------------------------------------------
 def machine() -> str:
+    from cnnlab.layers._native import library
     from cnnlab.layers._native import status as kernel_status
     from cnnlab.train.precision import cpu_supports_bf16
 
+    library()  # builds (once) and loads the C kernel, as the cnnlab runs below do through cnnlab.fuse
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:

@@ -24,6 +24,7 @@ _EXPORTS = {
     "build_spec": "cnnlab.models.spec",
     "parse_spec": "cnnlab.models.spec",
     "LocallyConnected2d": "cnnlab.layers",
+    "fuse": "cnnlab.layers",
     "summary": "cnnlab.inspect",
     "Summary": "cnnlab.inspect",
     "load_dataset": "cnnlab.data",

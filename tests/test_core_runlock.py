@@ -18,9 +18,10 @@ import torch
 from conftest import run_cli
 
 from cnnlab.core.runlock import LOCK_NAME, lock_run_dir
+from cnnlab.core.weights import load_safetensors
 from cnnlab.errors import CnnlabError
 from cnnlab.train import Callback, NonFiniteLossError, train
-from cnnlab.train.checkpoint import list_checkpoints, load_safetensors
+from cnnlab.train.checkpoint import list_checkpoints
 
 # 1437 training images of 8x8, batch 64 -> 22 steps per epoch; a checkpoint only at the end of each epoch
 OPTS = dict(model="simple_cnn", data="digits", batch_size=64, lr=3e-3, augment="flip", seed=3)
@@ -204,7 +205,7 @@ def test_stale_temporaries_are_removed_on_resume(reference, tmp_path):
     out = tmp_path / "run"
     # epoch 2, step 3: two atomic writes are in progress (one nested in the other) when kill -9 arrives
     proc = _python("""
-        from cnnlab.train.checkpoint import atomic_write
+        from cnnlab.core.files import atomic_write
         def killed_in_writes(trainer):
             run = trainer.run.path
             def inner(f):

@@ -1,5 +1,6 @@
-"""The C 2x2 max-pool (cnnlab.layers.maxpool2x2) against PyTorch's max_pool2d and relu, bit for bit, on
-inputs full of ties, signed zeros, infinities and NaNs; in models; its fallbacks and its build cache."""
+"""The C 2x2 max-pool (cnnlab.layers.maxpool2x2, the operator torch.ops.cnnlab.max_pool2x2) against PyTorch's
+max_pool2d and relu, bit for bit, on inputs full of ties, signed zeros, infinities and NaNs; in fused models;
+its fallbacks and its build cache."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnlab.layers import _native
+from cnnlab.layers import _native, fuse
 from cnnlab.layers import maxpool2x2 as mp
 from cnnlab.models import create_model
 from cnnlab.models.spec import build_spec
@@ -60,7 +61,7 @@ def kernels(request, monkeypatch):
 @pytest.mark.parametrize("relu", [True, False], ids=["relu", "pool"])
 def test_values_and_gradients_equal_pytorchs(kernels, dtype, shape, relu):
     x = _hard_input(*shape, dtype)
-    assert mp.pool2x2_applies(x, nn.MaxPool2d(2)) == (SIMD and shape[1] % {torch.bfloat16: 32, torch.float32: 16}[dtype] == 0)
+    assert mp.kernel_applies(x) == (SIMD and shape[1] % {torch.bfloat16: 32, torch.float32: 16}[dtype] == 0)
     g = _hard_input(shape[0], shape[1], shape[2] // 2, shape[3] // 2, dtype, seed=1).nan_to_num()
     xa = x.detach().clone().requires_grad_()
     ya = torch.relu(F.max_pool2d(xa, 2)) if relu else F.max_pool2d(xa, 2)
@@ -117,29 +118,28 @@ def test_double_backward_equals_pytorchs(dtype):
 
 
 @needs_simd
-def test_the_kernel_runs_in_a_training_step_with_the_same_gradients(monkeypatch):
-    """simple_cnn in bf16 channels_last (cnnlab's CPU default) uses the kernel for both pools, and every
-    gradient equals PyTorch running the printed modules in order."""
+def test_the_kernel_runs_in_a_training_step_with_the_same_gradients():
+    """Fused simple_cnn in bf16 channels_last (cnnlab's CPU default) runs the kernel for both pools, and its
+    output and every gradient equal PyTorch running the unfused model's modules in order."""
     torch.manual_seed(0)
-    model = create_model("simple_cnn").to(memory_format=torch.channels_last)
+    plain = create_model("simple_cnn").to(memory_format=torch.channels_last)
     with torch.no_grad():
-        for p in model.parameters():
+        for p in plain.parameters():
             p.copy_(torch.randint(-2, 3, p.shape) / 4)
+    fused = fuse(plain)
     x = torch.randint(-2, 3, (8, 1, 28, 28)).float().contiguous(memory_format=torch.channels_last)
 
-    def step(forward):
-        model.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = forward(x)
-        (out.float() * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
-        return out.detach(), [p.grad.clone() for p in model.parameters()]
+    def step(model):
+        with torch.autocast("cpu", dtype=torch.bfloat16), torch.profiler.profile() as prof:
+            out = model(x)
+            (out.float() * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        return out.detach(), [p.grad for p in model.parameters()], [e.name for e in prof.events()]
 
-    with torch.profiler.profile() as prof:
-        out, grads = step(model)
-    names = [e.name for e in prof.events()]
-    assert names.count("cnnlab::max_pool2x2_relu") == 2 and names.count("cnnlab::max_pool2x2_backward") == 2
+    out, grads, names = step(fused)
+    assert names.count("cnnlab::max_pool2x2") == 2 and names.count("cnnlab::max_pool2x2_backward") == 2
     assert not any("max_pool2d" in n for n in names)
-    ref_out, ref_grads = step(lambda t: model.forward_head(model.features(t)))
+    ref_out, ref_grads, ref_names = step(plain)
+    assert not any(n.startswith("cnnlab::") for n in ref_names)  # create_model gives plain PyTorch
     assert torch.equal(out, ref_out)
     for g, r in zip(grads, ref_grads, strict=True):
         assert torch.equal(g, r)
@@ -147,17 +147,19 @@ def test_the_kernel_runs_in_a_training_step_with_the_same_gradients(monkeypatch)
 
 @needs_simd
 def test_spec_pool_before_batch_norm_uses_the_kernel_without_relu():
-    """`conv/pool2/bn` (the fashion-mnist-94 recipe's layer) pools alone, then normalises: same gradients."""
+    """`conv/pool2/bn` (the fashion-mnist-94 recipe's layer) pools alone, then normalises: fused, the pool runs
+    on the kernel (MaxPool2x2), with the same gradients."""
     torch.manual_seed(0)
-    model = build_spec("conv3x3-32/pool2/bn conv3x3-64/pool2/bn fc10", input_size=(1, 16, 16))
-    model = model.to(memory_format=torch.channels_last)
+    plain = build_spec("conv3x3-32/pool2/bn conv3x3-64/pool2/bn fc10", input_size=(1, 16, 16))
+    plain = plain.to(memory_format=torch.channels_last)
+    fused = fuse(plain)
+    assert [type(m).__name__ for m in fused.features].count("MaxPool2x2") == 2
     x = torch.randint(-2, 3, (4, 1, 16, 16)).float().contiguous(memory_format=torch.channels_last)
     results = []
-    for forward in (model, lambda t: model.forward_head(model.features(t))):
-        model.zero_grad(set_to_none=True)
+    for model in (fused, plain):
         with torch.profiler.profile() as prof:
-            forward(x).sum().backward()
-        results.append(([p.grad.clone() for p in model.parameters()], [e.name for e in prof.events()]))
+            model(x).sum().backward()
+        results.append(([p.grad for p in model.parameters()], [e.name for e in prof.events()]))
     assert results[0][1].count("cnnlab::max_pool2x2") == 2 and results[1][1].count("cnnlab::max_pool2x2") == 0
     for g, r in zip(results[0][0], results[1][0], strict=True):
         assert torch.equal(g, r)
@@ -166,22 +168,22 @@ def test_spec_pool_before_batch_norm_uses_the_kernel_without_relu():
 @needs_simd
 def test_what_does_not_apply_runs_pytorchs_pool():
     x = torch.randn(2, 32, 8, 8).contiguous(memory_format=torch.channels_last)
-    assert mp.pool2x2_applies(x, nn.MaxPool2d(2))
-    assert mp.pool2x2_applies(x, nn.MaxPool2d((2, 2), stride=2, ceil_mode=True))  # even sizes: ceil == floor
-    assert not mp.pool2x2_applies(x.contiguous(), nn.MaxPool2d(2))  # NCHW
-    assert not mp.pool2x2_applies(x.half(), nn.MaxPool2d(2))
+    assert mp.kernel_applies(x)
+    assert not mp.kernel_applies(x.contiguous())  # NCHW
+    assert not mp.kernel_applies(x.half())
     x24 = torch.randn(2, 24, 8, 8).contiguous(memory_format=torch.channels_last)
-    assert not mp.pool2x2_applies(x24, nn.MaxPool2d(2))  # 24 channels: the portable loops, slower than PyTorch
-    assert not mp.pool2x2_applies(x, nn.MaxPool2d(3, 2))
-    assert not mp.pool2x2_applies(x, nn.MaxPool2d(2, 1))
-    assert not mp.pool2x2_applies(x, nn.MaxPool2d(2, padding=1))
-    assert not mp.pool2x2_applies(x, nn.MaxPool2d(2, return_indices=True))
-    assert not mp.pool2x2_applies(x[:, :, :7, :7], nn.MaxPool2d(2, ceil_mode=True))
-    assert not mp.pool2x2_applies(x[:, :, :1], nn.MaxPool2d(2))
+    assert not mp.kernel_applies(x24)  # 24 channels: the portable loops, slower than PyTorch
+    assert not mp.kernel_applies(x[:, :, :1])
     with torch.device("meta"):
-        assert not mp.pool2x2_applies(torch.empty(2, 32, 8, 8).contiguous(memory_format=torch.channels_last), nn.MaxPool2d(2))
+        assert not mp.kernel_applies(torch.empty(2, 32, 8, 8).contiguous(memory_format=torch.channels_last))
+    for t in (x.contiguous(), x24):  # the modules then run PyTorch's operators, no cnnlab op
+        with torch.profiler.profile() as prof:
+            y = mp.ReLUMaxPool2x2()(t)
+        assert not any(e.name.startswith("cnnlab::") for e in prof.events())
+        assert torch.equal(y, F.max_pool2d(torch.relu(t), 2))
     with torch.inference_mode():  # no graph: the kernel still gives PyTorch's values
         assert torch.equal(mp.max_pool2x2(x, relu=True), torch.relu(F.max_pool2d(x, 2)))
+        assert torch.equal(mp.ReLUMaxPool2x2()(x), torch.relu(F.max_pool2d(x, 2)))
 
 
 def _python(code: str, **env: str) -> subprocess.CompletedProcess:
@@ -191,10 +193,10 @@ def _python(code: str, **env: str) -> subprocess.CompletedProcess:
 
 _TRAIN_STEP = """
 import torch
-from cnnlab.layers import _native
+from cnnlab.layers import _native, fuse
 from cnnlab.models import create_model
 torch.manual_seed(0)
-model = create_model("simple_cnn").to(memory_format=torch.channels_last)
+model = fuse(create_model("simple_cnn").to(memory_format=torch.channels_last))
 x = torch.randn(4, 1, 28, 28).contiguous(memory_format=torch.channels_last)
 with torch.autocast("cpu", dtype=torch.bfloat16):
     model(x).float().sum().backward()
@@ -219,15 +221,29 @@ def test_without_a_compiler_or_when_turned_off_pytorch_computes_the_same(tmp_pat
     assert grads["no compiler"] == grads["off"] == grads["default"]
 
 
+_FORWARD_ONLY = """
+import torch
+from cnnlab.layers import _native
+from cnnlab.layers.maxpool2x2 import ReLUMaxPool2x2
+x = torch.randn(2, 32, 8, 8).contiguous(memory_format=torch.channels_last)
+ReLUMaxPool2x2()(x).sum()
+print(_native.status())
+"""
+
+
 @needs_kernels
-def test_the_library_is_built_once_into_the_cache(tmp_path):
-    code = "from cnnlab.layers import _native; print(_native.status())"
+def test_the_library_is_built_once_into_the_cache_by_fuse_never_by_a_forward_pass(tmp_path):
+    forward = _python(_FORWARD_ONLY, CNNLAB_NATIVE_CACHE=str(tmp_path))
+    assert forward.returncode == 0, forward.stderr
+    assert "not loaded" in forward.stdout and list(tmp_path.iterdir()) == []  # a forward pass builds nothing
+    code = "import cnnlab; from cnnlab.layers import _native; cnnlab.fuse(cnnlab.create_model('simple_cnn')); print(_native.status())"
     first = _python(code, CNNLAB_NATIVE_CACHE=str(tmp_path))
     assert first.returncode == 0 and "C kernels on" in first.stdout, first.stderr
+    assert first.stderr.count("compiling the C max-pool kernel") == 1 and len(first.stderr.splitlines()) == 1
     (built,) = tmp_path.glob("maxpool2x2-*.so")
     stamp = built.stat().st_mtime_ns
     second = _python(code, CNNLAB_NATIVE_CACHE=str(tmp_path))
-    assert "C kernels on" in second.stdout
+    assert "C kernels on" in second.stdout and second.stderr == ""
     assert [p.name for p in tmp_path.iterdir()] == [built.name]  # no second build, no partial files
     assert built.stat().st_mtime_ns == stamp
     built.write_bytes(b"not a shared library")  # damaged: dropped and rebuilt, not fatal

@@ -68,6 +68,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     s.add_argument("--channels-last", dest="channels_last", action=argparse.BooleanOptionalAction, default=None,
                    help="NHWC memory layout (default on)")
     s.add_argument("--compile", action="store_const", const=True, default=None, help="torch.compile the model")
+    s.add_argument("--no-fuse", dest="fuse", action="store_const", const=False, default=None,
+                   help="train the model's modules as built, without cnnlab.fuse (same values, slower)")
     s.add_argument("--out", help="run directory (default runs/<model>-<data>-<time>)")
     s.add_argument("--checkpoint-every", type=int, help="also checkpoint every N steps")
     s.add_argument("--keep-checkpoints", type=int)
@@ -82,7 +84,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 OPTION_NAMES = ("model", "data", "data_dir", "image_size", "val_fraction", "epochs", "batch_size", "eval_batch_size",
                 "eval_every", "optimizer", "lr", "momentum", "weight_decay", "schedule", "warmup", "label_smoothing", "grad_clip",
-                "dropout", "augment", "seed", "precision", "device", "channels_last", "compile", "out",
+                "dropout", "augment", "seed", "precision", "device", "channels_last", "compile", "fuse", "out",
                 "checkpoint_every", "keep_checkpoints", "monitor_gradients", "tta")
 
 

@@ -1,79 +1,140 @@
-"""A faster 2x2 max-pool (stride 2) for channels_last CPU maps, with an optional fused ReLU: the same values
-and gradients as `relu(max_pool2d(x, 2))`, bit for bit (NaN payloads aside).
+"""2x2 stride-2 max-pools on cnnlab's C kernel, alone or with the ReLU before it: the modules `cnnlab.fuse`
+puts into a model, and the PyTorch operators they call.
 
+Modules (no state; what `print(model)` shows is what runs):
+- `ReLUMaxPool2x2()`: `max_pool2d(relu(x), 2)`, computed as `relu(max_pool2d(x, 2))` (the same values and
+  gradients, bit for bit: ReLU is non-decreasing and keeps positive values, so both orders pick the same
+  first maximum and zero the same windows), so the ReLU, its backward pass and its saved mask touch a
+  quarter of the positions. `cnnlab.fuse` puts it where a model has `ReLU -> MaxPool2d(2, 2)`.
+- `MaxPool2x2()`: `nn.MaxPool2d(2, 2)` (same repr, same values) on the kernel where it applies.
+
+Where the C kernel applies (`kernel_applies(x)`: a CPU bf16 or fp32 4-D channels_last map, channels a
+multiple of 32 in bf16 or 16 in fp32, the kernel loaded and its AVX-512 loops usable), both call the
+operator `torch.ops.cnnlab.max_pool2x2`, elsewhere PyTorch's `max_pool2d` and `relu`, which compute the
+same values. The decision reads only the tensor's device, dtype, shape and layout, so torch.compile and
+torch.export see an ordinary branch; `torch.fx.symbolic_trace` records the module's function
+(`relu_max_pool2x2`, registered with `torch.fx.wrap`) as one call.
+
+The operators are registered with `torch.library.custom_op`, with fake (meta) implementations, autograd
+formulas and vmap rules, so tracing, torch.compile, torch.export and torch.func see them as ordinary ops:
+- `cnnlab::max_pool2x2(x, relu) -> (y, code)`: y `(N, C, H//2, W//2)` channels_last, and one code per output
+  element of the element's own width (int16 for bf16, int32 for fp32): the window position of the
+  maximum, and the top bit where the gradient passes (ReLU's mask folded in).
+- `cnnlab::max_pool2x2_backward(grad, code, height, width) -> grad_x`, itself differentiable in `grad`
+  (double backward, e.g. a gradient penalty).
+The modules apply the same autograd formulas through `torch.autograd.Function`s (with setup_context and
+generated vmap rules) wrapped around the operators, because the Function that `register_autograd` generates
+does not yet work under torch.func.grad (pytorch/pytorch#168393, #179652); the operators keep their own
+registration for code that calls them directly.
 PyTorch saves an int64 index per output element and runs its backward pass as a zero-fill plus a scatter;
-the C kernel (`_native/maxpool2x2.c`) saves a code of the element's own width (window position and the
-ReLU's mask in one) and writes each input gradient once. For `simple_cnn` in bf16 on a 2-core CPU that is
-1.07-1.15x more steps/s in `benchmarks/step_levers.py` and 1.2-1.35x more images/s in `cnnlab train`.
+the C kernel (`_native/maxpool2x2.c`) writes each input gradient once from the narrow code. Measured speeds
+are in docs/performance.md and `benchmarks/step_levers.py`.
 
-`pool2x2_applies(x, pool)` says whether an input and an `nn.MaxPool2d` should take this path: a plain CPU
-tensor, bf16 or fp32, channels_last, a 2x2 stride-2 pool without padding, dilation or indices, the C
-kernels loaded (`cnnlab.layers._native.status()`) and their AVX-512 loops usable (channels a multiple of
-32 in bf16, of 16 in fp32). Otherwise the caller runs PyTorch's operators. `max_pool2x2` itself takes any
-channel count and CPU: the portable C loops compute the same values, but measured slower than PyTorch's
-kernels (4.4 vs 3.2 ms for a bf16 128x32x28x28 map, forward and backward), so models do not use them.
+The operators never build anything: the C library is built (once, into the user cache) and loaded by
+`load_kernel()`, which `cnnlab.fuse` and `cnnlab native build` call. Without it the modules run PyTorch's
+operators; calling `torch.ops.cnnlab.max_pool2x2` directly without it raises an error that says so.
 """
 
 from __future__ import annotations
 
+import inspect
+
 import torch
-from torch import nn
-from torch.utils._python_dispatch import _get_current_dispatch_mode
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from cnnlab.layers import _native
-from cnnlab.layers._tracing import tracing
+
+__all__ = ["MaxPool2x2", "ReLUMaxPool2x2", "kernel_applies", "load_kernel", "max_pool2x2", "relu_max_pool2x2"]
 
 _DTYPE_CODE = {torch.bfloat16: (0, torch.int16), torch.float32: (1, torch.int32)}
 _SIMD_LANES = {torch.bfloat16: 32, torch.float32: 16}  # channels per AVX-512 vector
 _FORCE_PORTABLE = False  # tests: run the portable C loops where the AVX-512 ones would run
 
 
-def _pair(v: int | tuple[int, ...]) -> tuple[int, ...]:
-    return (v, v) if isinstance(v, int) else tuple(v)
+def load_kernel() -> bool:
+    """Build (once, saying so in one line) and load the C kernels; whether they are usable."""
+    return _native.library() is not None
 
 
-def _is_2x2(pool: nn.MaxPool2d) -> bool:
-    return (_pair(pool.kernel_size) == (2, 2) and _pair(pool.stride) == (2, 2) and _pair(pool.padding) == (0, 0)
-            and _pair(pool.dilation) == (1, 1) and not pool.return_indices)
-
-
-def pool2x2_applies(x: torch.Tensor, pool: nn.MaxPool2d) -> bool:
-    """Whether `pool(x)` (and `relu(pool(x))`) can and should run on the C kernel (see the module's doc)."""
-    if not (type(x) is torch.Tensor and x.device.type == "cpu" and x.dtype in _DTYPE_CODE and x.dim() == 4
-            and _is_2x2(pool) and x.shape[2] >= 2 and x.shape[3] >= 2
-            and x.is_contiguous(memory_format=torch.channels_last)):
+def kernel_applies(x: Tensor) -> bool:
+    """Whether the 2x2 pools run `x` (N, C, H, W) on the C kernel: see the module's doc. Reads metadata only.
+    The portable C loops (other channel counts) compute the same values but measured slower than
+    PyTorch's kernels, so they are not chosen here."""
+    if not (_native.simd_loaded() and x.device.type == "cpu" and x.dtype in _SIMD_LANES and x.dim() == 4):
         return False
-    if pool.ceil_mode and (x.shape[2] % 2 or x.shape[3] % 2):
-        return False
-    # graphs, fake or wrapped tensors and interposed modes must see PyTorch's own operators
-    if tracing() or torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None:
-        return False
-    if torch._C._is_torch_function_mode_enabled() or torch._C._are_functorch_transforms_active():
-        return False
-    lib = _native.library()
-    return lib is not None and bool(lib.cnnlab_maxpool2x2_simd()) and x.shape[1] % _SIMD_LANES[x.dtype] == 0
+    n, c, h, w = x.shape
+    s = x.stride()  # dense (N, H, W, C) in memory; strides, not is_contiguous(memory_format=), also answer under vmap
+    return (h >= 2 and w >= 2 and c % _SIMD_LANES[x.dtype] == 0 and s[1] == 1 and s[3] == c and s[2] == w * c
+            and (n == 1 or s[0] == h * w * c))
 
 
-def _channels_last(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    return torch.empty(shape, dtype=dtype, memory_format=torch.channels_last)
+# ---------------------------------------------------------------------------------------- operators
 
 
-def _backward_kernel(g: torch.Tensor, code: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """The input gradient (N, C, H, W) from the output gradient g (N, C, H/2, W/2) and the saved codes."""
-    g = g.contiguous(memory_format=torch.channels_last)
-    n, c, h, w = shape
-    gx = _channels_last(tuple(shape), g.dtype)
-    with torch.profiler.record_function("cnnlab::max_pool2x2_backward"):
-        _native.library().cnnlab_maxpool2x2_backward(_DTYPE_CODE[g.dtype][0], g.data_ptr(), code.data_ptr(),
-                                                     gx.data_ptr(), 0, n, h, w, c, int(_FORCE_PORTABLE))
-    if h % 2:  # floor mode: the unpooled last row/column gets no gradient
+def _lib():
+    lib = _native.loaded()
+    if lib is None:
+        raise RuntimeError("cnnlab::max_pool2x2 needs cnnlab's C kernels, which are not loaded: call "
+                           "cnnlab.fuse(model) or cnnlab.layers.maxpool2x2.load_kernel() first "
+                           f"({_native.status()})")
+    return lib
+
+
+def _check(x: Tensor) -> None:
+    if x.device.type != "cpu" or x.dtype not in _DTYPE_CODE or x.dim() != 4:
+        raise ValueError(f"cnnlab::max_pool2x2 takes a 4-D bf16 or fp32 CPU tensor, got {x.dim()}-D {x.dtype} "
+                         f"on {x.device}")
+
+
+def _pooled(x: Tensor, dtype: torch.dtype) -> Tensor:
+    n, c, h, w = x.shape
+    return torch.empty((n, c, h // 2, w // 2), dtype=dtype, device=x.device, memory_format=torch.channels_last)
+
+
+@torch.library.custom_op("cnnlab::max_pool2x2", mutates_args=())
+def _forward_op(x: Tensor, relu: bool) -> tuple[Tensor, Tensor]:
+    _check(x)
+    lib = _lib()
+    x = x.contiguous(memory_format=torch.channels_last)  # (N, H, W, C) in memory
+    n, c, h, w = x.shape
+    kind, code_dtype = _DTYPE_CODE[x.dtype]
+    y, code = _pooled(x, x.dtype), _pooled(x, code_dtype)
+    lib.cnnlab_maxpool2x2_forward(kind, x.data_ptr(), y.data_ptr(), code.data_ptr(), 0, n, h, w, c, int(relu),
+                                  int(_FORCE_PORTABLE))
+    return y, code
+
+
+@_forward_op.register_fake
+def _(x: Tensor, relu: bool) -> tuple[Tensor, Tensor]:
+    _check(x)
+    return _pooled(x, x.dtype), _pooled(x, _DTYPE_CODE[x.dtype][1])
+
+
+@torch.library.custom_op("cnnlab::max_pool2x2_backward", mutates_args=())
+def _backward_op(grad: Tensor, code: Tensor, height: int, width: int) -> Tensor:
+    """The input gradient (N, C, height, width) from the output gradient (N, C, height//2, width//2)."""
+    lib = _lib()
+    g = grad.contiguous(memory_format=torch.channels_last)
+    code = code.contiguous(memory_format=torch.channels_last)
+    n, c = code.shape[:2]
+    gx = torch.empty((n, c, height, width), dtype=g.dtype, memory_format=torch.channels_last)
+    lib.cnnlab_maxpool2x2_backward(_DTYPE_CODE[g.dtype][0], g.data_ptr(), code.data_ptr(), gx.data_ptr(), 0, n,
+                                   height, width, c, int(_FORCE_PORTABLE))
+    if height % 2:  # floor mode: the unpooled last row/column gets no gradient
         gx[:, :, -1].zero_()
-    if w % 2:
+    if width % 2:
         gx[:, :, :, -1].zero_()
     return gx
 
 
-def _gather(h: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+@_backward_op.register_fake
+def _(grad: Tensor, code: Tensor, height: int, width: int) -> Tensor:
+    n, c = code.shape[:2]
+    return torch.empty((n, c, height, width), dtype=grad.dtype, device=grad.device, memory_format=torch.channels_last)
+
+
+def _gather(h: Tensor, code: Tensor) -> Tensor:
     """`h` (N, C, H, W) read at each window's chosen position, zero where the gradient does not pass:
     the derivative of the backward pass with respect to the output gradient (double backward)."""
     n, c, ho, wo = code.shape
@@ -82,44 +143,123 @@ def _gather(h: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
     return torch.where(code < 0, picked, 0)  # the top bit (the sign of the int16/int32 code) marks "passes"
 
 
-class _Backward(torch.autograd.Function):
-    """The backward pass as a function of the output gradient, so that double backward works."""
-
-    @staticmethod
-    def forward(ctx, g: torch.Tensor, code: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-        ctx.save_for_backward(code)
-        return _backward_kernel(g, code, shape)
-
-    @staticmethod
-    def backward(ctx, h: torch.Tensor):
-        (code,) = ctx.saved_tensors
-        return _gather(h, code), None, None
+def _forward_setup(ctx, inputs, output) -> None:
+    x, _ = inputs
+    _, code = output
+    ctx.mark_non_differentiable(code)
+    ctx.save_for_backward(code)
+    ctx.size = (x.shape[2], x.shape[3])
 
 
-class _MaxPool2x2(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, relu: bool) -> torch.Tensor:
-        n, c, h, w = x.shape
-        kind, code_dtype = _DTYPE_CODE[x.dtype]
-        y = _channels_last((n, c, h // 2, w // 2), x.dtype)
-        code = _channels_last((n, c, h // 2, w // 2), code_dtype)
-        with torch.profiler.record_function("cnnlab::max_pool2x2" + ("_relu" if relu else "")):
-            _native.library().cnnlab_maxpool2x2_forward(kind, x.data_ptr(), y.data_ptr(), code.data_ptr(), 0, n,
-                                                        h, w, c, int(relu), int(_FORCE_PORTABLE))
-        ctx.save_for_backward(code)
-        ctx.shape = x.shape
-        return y
-
-    @staticmethod
-    def backward(ctx, g: torch.Tensor):
-        (code,) = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph=True: keep the backward pass differentiable
-            return _Backward.apply(g, code, ctx.shape), None
-        return _backward_kernel(g, code, ctx.shape), None
+def _forward_grad(ctx, grad: Tensor, _grad_code):
+    (code,) = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True (and torch.func): keep the backward pass differentiable
+        return _BackwardFunction.apply(grad, code, *ctx.size), None
+    return torch.ops.cnnlab.max_pool2x2_backward(grad, code, *ctx.size), None
 
 
-def max_pool2x2(x: torch.Tensor, relu: bool = False) -> torch.Tensor:
-    """`relu(max_pool2d(x, 2))` if relu else `max_pool2d(x, 2)`, on the C kernel: x (N, C, H, W) channels_last,
-    bf16 or fp32, on CPU -> (N, C, H//2, W//2) channels_last. Needs the C kernels loaded (`_native.library()`);
-    `pool2x2_applies` says where they are faster than PyTorch."""
-    return _MaxPool2x2.apply(x, relu)
+def _backward_setup(ctx, inputs, output) -> None:
+    ctx.save_for_backward(inputs[1])
+
+
+def _backward_grad(ctx, h: Tensor):
+    (code,) = ctx.saved_tensors
+    return _gather(h, code), None, None, None
+
+
+_forward_op.register_autograd(_forward_grad, setup_context=_forward_setup)
+_backward_op.register_autograd(_backward_grad, setup_context=_backward_setup)
+
+
+# The same formulas as autograd.Functions, which the modules call. PyTorch's register_autograd does not yet
+# work under torch.func transforms (the Function it generates has no setup_context: pytorch/pytorch#168393,
+# #179652); these do, with vmap rules generated from the operators' own (register_vmap below).
+def _signed(fn):
+    """`fn` with its signature computed once: Function.apply binds arguments to it on every call (for
+    Functions with a setup_context), and inspect.signature honours a stored `__signature__`."""
+    fn.__signature__ = inspect.signature(fn)
+    return staticmethod(fn)
+
+
+class _ForwardFunction(torch.autograd.Function):
+    generate_vmap_rule = True
+    setup_context = staticmethod(_forward_setup)
+    backward = staticmethod(_forward_grad)
+
+    @_signed
+    def forward(x: Tensor, relu: bool) -> tuple[Tensor, Tensor]:
+        return torch.ops.cnnlab.max_pool2x2(x, relu)
+
+
+class _BackwardFunction(torch.autograd.Function):
+    generate_vmap_rule = True
+    setup_context = staticmethod(_backward_setup)
+    backward = staticmethod(_backward_grad)
+
+    @_signed
+    def forward(grad: Tensor, code: Tensor, height: int, width: int) -> Tensor:
+        return torch.ops.cnnlab.max_pool2x2_backward(grad, code, height, width)
+
+
+def _batch_first(t: Tensor | None, dim: int | None, size: int) -> Tensor | None:
+    """A vmapped argument with its batch dimension first (expanded where it has none), then folded into N."""
+    if t is None:
+        return None
+    t = t.movedim(dim, 0) if dim is not None else t.unsqueeze(0).expand(size, *t.shape)
+    return t.reshape(size * t.shape[1], *t.shape[2:])
+
+
+@_forward_op.register_vmap
+def _(info, in_dims, x: Tensor, relu: bool):
+    y, code = torch.ops.cnnlab.max_pool2x2(_batch_first(x, in_dims[0], info.batch_size), relu)
+    b = info.batch_size
+    return (y.reshape(b, -1, *y.shape[1:]), code.reshape(b, -1, *code.shape[1:])), (0, 0)
+
+
+@_backward_op.register_vmap
+def _(info, in_dims, grad: Tensor, code: Tensor, height: int, width: int):
+    b = info.batch_size
+    gx = torch.ops.cnnlab.max_pool2x2_backward(_batch_first(grad, in_dims[0], b), _batch_first(code, in_dims[1], b),
+                                              height, width)
+    return gx.reshape(b, -1, *gx.shape[1:]), 0
+
+
+def max_pool2x2(x: Tensor, relu: bool = False) -> Tensor:
+    """`relu(max_pool2d(x, 2))` if relu else `max_pool2d(x, 2)`, on the C kernel: x (N, C, H, W) bf16 or fp32
+    on CPU -> (N, C, H//2, W//2) channels_last. Any channel count (the portable loops where AVX-512 does not
+    apply); needs `load_kernel()` first."""
+    return _ForwardFunction.apply(x, relu)[0]
+
+
+# ------------------------------------------------------------------------------------------ modules
+
+
+@torch.fx.wrap  # symbolic_trace records one call to this function, which branches on the tensor's metadata
+def relu_max_pool2x2(x: Tensor, relu: bool) -> Tensor:
+    """`relu(max_pool2d(x, 2))` (or the pool alone): on the C kernel where `kernel_applies(x)`, else PyTorch's."""
+    if kernel_applies(x):
+        return _ForwardFunction.apply(x, relu)[0]  # (N, C, H/2, W/2): torch.ops.cnnlab.max_pool2x2
+    y = F.max_pool2d(x, 2, 2)  # (N, C, H/2, W/2)
+    return torch.relu(y) if relu else y
+
+
+class ReLUMaxPool2x2(nn.Module):
+    """`ReLU -> MaxPool2d(2, 2)` as one module: `(N, C, H, W)` -> `(N, C, H//2, W//2)`, pooled first, on the
+    C kernel where it applies (see the module's doc). `cnnlab.fuse` puts it in place of the pool, and an
+    `nn.Identity` in place of the ReLU, so `state_dict` keys and module indices stay as they were."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return relu_max_pool2x2(x, True)
+
+    def extra_repr(self) -> str:
+        return "kernel_size=2, stride=2"
+
+
+class MaxPool2x2(nn.MaxPool2d):
+    """`nn.MaxPool2d(2, 2)` (same repr and values) on the C kernel where it applies (see the module's doc)."""
+
+    def __init__(self) -> None:
+        super().__init__(kernel_size=2, stride=2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return relu_max_pool2x2(x, False)

@@ -16,9 +16,7 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError, positive_int
-from cnnlab.layers.flatten import flatten
 from cnnlab.models._base import ConvNet
-from cnnlab.models._pool_first import forward_pool_first
 from cnnlab.models._registry import check_options, register_model
 
 __all__ = ["AlexNet", "alexnet"]
@@ -75,12 +73,12 @@ class AlexNet(ConvNet):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """`(N, C, H, W)` images -> `(N, 256, H', W')`, the output of the last max-pool (6x6 at 224)."""
-        return forward_pool_first(self.features, x)  # the same as self.features(x), faster
+        return self.features(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """`(N, 256, H', W')` -> `(N, num_classes)` logits, or the `(N, 4096)` fc7 output."""
         x = self.avgpool(x)  # (N, 256, 6, 6)
-        x = flatten(x, 1)  # (N, 9216)
+        x = torch.flatten(x, 1)  # (N, 9216)
         for layer in list(self.classifier)[:-1]:  # (N, 4096): dropout, fc6, relu, dropout, fc7, relu
             x = layer(x)  # each layer itself, not a sliced Sequential, so torch.fx can trace the head
         return x if pre_logits else self.classifier[-1](x)

@@ -28,7 +28,6 @@ from torch import nn
 
 from cnnlab.errors import CnnlabError, positive_int
 from cnnlab.layers.activations import check_activation, make_activation
-from cnnlab.layers.flatten import Flatten
 from cnnlab.models._base import ConvNet
 from cnnlab.models._registry import register_model
 
@@ -70,7 +69,7 @@ class LeNet5(ConvNet):
             ("s4", pool_layer(2)),  # (N, 16, 5, 5)
         ]))
         self.classifier = nn.Sequential(OrderedDict([
-            ("flatten", Flatten()),  # (N, 400)
+            ("flatten", nn.Flatten()),  # (N, 400)
             ("c5", nn.Linear(16 * 5 * 5, 120)),
             ("act5", make_activation(act)),
             ("f6", nn.Linear(120, 84)),

@@ -77,10 +77,8 @@ from torch import nn
 
 from cnnlab.errors import CnnlabError, positive_int
 from cnnlab.layers.activations import ACTIVATIONS, make_activation
-from cnnlab.layers.flatten import Flatten
 from cnnlab.layers.locally_connected import LocallyConnected2d, conv_output_size
 from cnnlab.models._base import ConvNet
-from cnnlab.models._pool_first import forward_pool_first
 
 __all__ = ["SpecLayer", "SpecNet", "build_spec", "canonical_spec", "expand_spec", "parse_spec"]
 
@@ -427,7 +425,7 @@ class SpecNet(ConvNet):
         return _render(_normalize(_expand_items(self._tree)))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return forward_pool_first(self.features, x)  # (N, C, H, W) -> (N, C', H', W'); the same as self.features(x)
+        return self.features(x)  # (N, C, H, W) -> (N, C', H', W')
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         stop = self._final_fc if pre_logits and self._final_fc is not None else len(self.classifier)
@@ -453,7 +451,7 @@ class SpecNet(ConvNet):
                 self._tree = _normalize([*items[:-1], fc])
         else:
             if len(self._head_in) > 1:
-                self.classifier.append(Flatten())
+                self.classifier.append(nn.Flatten())
             flat = 1
             for n in self._head_in:
                 flat *= n
@@ -612,7 +610,7 @@ def _plan(layers: list[SpecLayer], input_size: tuple[int, int, int], final: int 
                 raise _fail("layer", layer.text, layer.position, f": the map is already a vector after "
                             f"'{flat_at.text}' at token {flat_at.position}; remove it")
             flat_at, step["part"] = layer, "classifier"
-            step["modules"] = [partial(nn.AdaptiveAvgPool2d, 1), Flatten] if kind == "gap" else [Flatten]
+            step["modules"] = [partial(nn.AdaptiveAvgPool2d, 1), nn.Flatten] if kind == "gap" else [nn.Flatten]
             shape = (shape[0],) if kind == "gap" else (shape[0] * shape[1] * shape[2],)
         elif kind == "bn":
             step["modules"].append(partial(nn.BatchNorm2d if len(shape) == 3 else nn.BatchNorm1d, shape[0]))
@@ -621,7 +619,7 @@ def _plan(layers: list[SpecLayer], input_size: tuple[int, int, int], final: int 
         elif kind == "fc":
             if flat_at is None:
                 flat_at, step["part"] = layer, "classifier"
-                step["modules"].append(Flatten)
+                step["modules"].append(nn.Flatten)
                 shape = (shape[0] * shape[1] * shape[2],)
             step["modules"].append(partial(nn.Linear, shape[0], layer.channels))
             if i != final:

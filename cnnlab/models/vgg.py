@@ -21,9 +21,7 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError, positive_int
-from cnnlab.layers.flatten import flatten
 from cnnlab.models._base import ConvNet
-from cnnlab.models._pool_first import forward_pool_first
 from cnnlab.models._registry import check_options, register_model
 
 __all__ = ["CFGS", "VGG", "make_layers", "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn",
@@ -109,12 +107,12 @@ class VGG(ConvNet):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """`(N, C, H, W)` images -> `(N, 512, H/32, W/32)`, the output of the last max-pool."""
-        return forward_pool_first(self.features, x)  # the same as self.features(x), faster
+        return self.features(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """`(N, 512, H', W')` -> `(N, num_classes)` logits, or the `(N, 4096)` vector fc8 reads."""
         x = self.avgpool(x)  # (N, 512, 7, 7)
-        x = flatten(x, 1)  # (N, 25088)
+        x = torch.flatten(x, 1)  # (N, 25088)
         for layer in list(self.classifier)[:-1]:  # (N, 4096): fc6, relu, dropout, fc7, relu, dropout
             x = layer(x)  # each layer itself, not a sliced Sequential, so torch.fx can trace the head
         return x if pre_logits else self.classifier[-1](x)

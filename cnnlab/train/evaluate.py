@@ -21,6 +21,7 @@ from torch import nn
 from cnnlab.core.preprocess import Preprocess
 from cnnlab.core.run import open_run
 from cnnlab.errors import CnnlabError
+from cnnlab.layers.fusion import fuse
 from cnnlab.train.inputs import load_data
 from cnnlab.train.precision import Precision, resolve_precision
 from cnnlab.train.run import load_model
@@ -116,6 +117,7 @@ def evaluate(run: str | Path, data=None, *, which: str = "best", split: str = "t
     if part is None:
         raise CnnlabError(f"dataset has no '{split}' split; choose test, train or val (val needs --val-fraction)")
     prec = resolve_precision(precision, device)
+    model = fuse(model, inplace=True, kernel=prec.device.type == "cpu") if cfg.get("fuse", True) else model
     model = model.to(prec.device)
     if prec.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -243,6 +243,11 @@ class Truncated(nn.Module):
         self.model = model
         self._module_name = NAMED_CUTS.get(type(model).__name__, {}).get(layer, layer)
 
+    @property
+    def observed(self) -> tuple[str, ...]:
+        """The module a forward hook reads (`cnnlab.fuse` leaves it unfused), as a name in this module."""
+        return () if self.layer in ("pre_logits", "features") else (f"model.{self._module_name}",)
+
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         if self.layer == "pre_logits":
             return self.model.forward_head(self.model.forward_features(x), pre_logits=True)

@@ -20,6 +20,7 @@ from torch import nn
 
 from cnnlab.core.paths import feature_cache_dir
 from cnnlab.core.weights import load_safetensors, save_safetensors
+from cnnlab.layers.fusion import fuse
 from cnnlab.train.precision import resolve_precision
 
 CACHE_VERSION = "features-v1"
@@ -56,7 +57,7 @@ def extract(body: nn.Module, adapter: nn.Module, images: torch.Tensor, *, batch_
     """Run `adapter` then `body` on uint8 images (N, C, H, W) in batches -> float32 (N, D) on the CPU."""
     device = torch.device(device)
     prec = _precision(device, precision)
-    body = body.to(device).eval()
+    body = fuse(body, inplace=True, keep=getattr(body, "observed", ()), kernel=device.type == "cpu").to(device).eval()
     adapter = adapter.to(device)
     outs = []
     for start in range(0, len(images), batch_size):

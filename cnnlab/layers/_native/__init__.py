@@ -1,12 +1,19 @@
-"""cnnlab's C kernels: compiled on first use with the system C compiler, cached, loaded with ctypes.
+"""cnnlab's C kernels: compiled with the system C compiler when first asked for, cached, loaded with ctypes.
 
 Only `maxpool2x2.c` for now (see `cnnlab.layers.maxpool2x2`). Nothing here is required: without a C
 compiler, on a platform where the build or the load fails, or with `CNNLAB_NATIVE=0`, `library()` returns
 None and the callers use PyTorch's operators, which compute the same values.
 
+`library()` builds and loads; only explicit requests call it (`cnnlab.fuse`, `cnnlab native build`), never
+a forward pass, which asks `loaded()`. A build says so in one line on stderr.
+
 The shared library is built once per source, compiler and platform into `$CNNLAB_NATIVE_CACHE` (default
-`<user cache>/cnnlab/native`), written under a temporary name and renamed into place, so processes that
-build at the same time (DDP ranks) never load a half-written file. A build takes well under a second.
+`<user cache>/cnnlab/native`; if that cannot be written, `$TMPDIR/cnnlab-native-<uid>`), written under a
+temporary name and renamed into place, so processes that build at the same time (DDP ranks) never load a
+half-written file. A library is loaded only from a folder that is the current user's and that no one else
+can write, and only if the file is a regular file (not a link) owned by the user and writable by no one
+else: the temporary folder is shared and the file name computable, so a library planted there by another
+user is ignored and reported in one line (`status()` says why).
 """
 
 from __future__ import annotations
@@ -16,7 +23,9 @@ import hashlib
 import os
 import platform
 import shutil
+import stat
 import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -30,7 +39,7 @@ _ENV_OFF = "CNNLAB_NATIVE"
 _FLAG_SETS = (["-O3", "-fPIC", "-shared", "-fopenmp"], ["-O3", "-fPIC", "-shared"])
 
 _lock = threading.Lock()
-_state: dict = {"done": False, "lib": None, "why": "not loaded yet"}
+_state: dict = {"done": False, "lib": None, "simd": False, "why": "not loaded yet"}
 
 
 def _compiler() -> str | None:
@@ -38,26 +47,73 @@ def _compiler() -> str | None:
     return shutil.which(cc)
 
 
+class _Unsafe(Exception):
+    """A folder or file another user owns or can write: never loaded from."""
+
+
+def _check_owned(st: os.stat_result, what: str, path: Path) -> None:
+    uid = os.getuid()
+    if st.st_uid != uid:
+        raise _Unsafe(f"{what} {path} is owned by uid {st.st_uid}, not by you (uid {uid})")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise _Unsafe(f"{what} {path} can be written by other users (mode {stat.S_IMODE(st.st_mode):o})")
+
+
+def _safe_folder(out_dir: Path) -> Path:
+    """Create `out_dir` (mode 0o700) if missing; its real path, after checking it is a folder of this
+    user's that no one else can write. Raises _Unsafe (or OSError when it cannot be created)."""
+    out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    real = Path(os.path.realpath(out_dir))  # a user's own link (~/.cache -> /data/...) is followed, then checked
+    st = os.lstat(real)
+    if not stat.S_ISDIR(st.st_mode):
+        raise _Unsafe(f"{real} is not a folder")
+    _check_owned(st, "the folder", real)
+    return real
+
+
+def _check_file(path: Path) -> bool:
+    """False if there is no file at `path`; True if it is a regular file (not a link) of this user's that no
+    one else can write; otherwise raises _Unsafe."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        return False
+    except OSError as e:  # ELOOP: a symbolic link
+        raise _Unsafe(f"{path} cannot be opened without following links ({e.strerror})") from e
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise _Unsafe(f"{path} is not a regular file")
+    _check_owned(st, "the file", path)
+    return True
+
+
 def _build(cc: str, out_dir: Path) -> tuple[Path | None, str]:
-    """Compile the source into out_dir (or find it there); (path, "") or (None, why)."""
+    """Compile the source into out_dir (or find it there); (path, "") or (None, why). Raises _Unsafe for a
+    folder or an existing file that another user owns or can write."""
     source = _SOURCE.read_bytes()
     try:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError) as e:
         return None, f"the C compiler {cc} does not run ({e})"
+    out_dir = _safe_folder(out_dir)
     errors = []
     for flags in _FLAG_SETS:
         key = hashlib.sha256(b"\0".join([source, version.encode(), " ".join(flags).encode(),
                                          platform.machine().encode(), platform.system().encode()])).hexdigest()[:16]
         path = out_dir / f"maxpool2x2-{key}.so"
-        if path.is_file():
+        if _check_file(path):
             return path, ""
-        out_dir.mkdir(parents=True, exist_ok=True)
+        print(f"cnnlab: compiling the C max-pool kernel with {cc} into {out_dir} (once per compiler)",
+              file=sys.stderr, flush=True)
         fd, tmp = tempfile.mkstemp(suffix=".so.part", dir=out_dir)
         os.close(fd)
         try:
             run = subprocess.run([cc, *flags, "-o", tmp, str(_SOURCE)], capture_output=True, text=True, timeout=120)
             if run.returncode == 0:
+                os.chmod(tmp, 0o755)  # whatever the umask: writable by its owner only
                 os.replace(tmp, path)
                 return path, ""
             errors.append(run.stderr.strip().splitlines()[-1] if run.stderr.strip() else f"exit {run.returncode}")
@@ -87,13 +143,17 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     cc = _compiler()
     if cc is None:
         return None, "no C compiler found (set CC, or install gcc or clang)"
-    import torch  # noqa: F401  (torch's libgomp must be loaded first, so the kernels share its threads)
+    import torch  # noqa: F401, PLC0415  (torch's libgomp must be loaded first, so the kernels share its threads)
 
     why = ""
     for out_dir in (native_cache_dir(), Path(tempfile.gettempdir()) / f"cnnlab-native-{os.getuid()}"):
         for _ in range(2):  # a damaged file found in the cache is removed and built again, once
             try:
                 path, why = _build(cc, out_dir)
+            except _Unsafe as e:  # someone else's folder or file: never loaded, and said so
+                why = f"not loading from {out_dir}: {e}"
+                print(f"cnnlab: {why}", file=sys.stderr, flush=True)
+                path = None
             except OSError as e:  # an unwritable cache directory: try the next one
                 path, why = None, f"cannot write {out_dir} ({e})"
             if path is None:
@@ -107,18 +167,32 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
 
 
 def library() -> ctypes.CDLL | None:
-    """The loaded kernels, built on the first call; None where they cannot be (see `status()`)."""
+    """The loaded kernels, built and loaded on the first call; None where they cannot be (see `status()`)."""
     if not _state["done"]:
         with _lock:
             if not _state["done"]:
-                _state["lib"], _state["why"] = _load()
-                _state["done"] = True
+                lib, _state["why"] = _load()
+                _state["simd"] = lib is not None and bool(lib.cnnlab_maxpool2x2_simd())
+                _state["lib"], _state["done"] = lib, True
     return _state["lib"]
 
 
+def loaded() -> ctypes.CDLL | None:
+    """The kernels if `library()` has loaded them, else None; never builds or loads anything."""
+    return _state["lib"]
+
+
+def simd_loaded() -> bool:
+    """Whether the kernels are loaded and their AVX-512 loops run on this CPU (a plain Python flag, so that
+    torch.compile and torch.export can read it while tracing)."""
+    return _state["simd"]
+
+
 def status() -> str:
-    """One line: whether the C kernels are in use, and if not, why."""
-    lib = library()
+    """One line: whether the C kernels are loaded, and if not, why (never builds or loads them)."""
+    lib = loaded()
+    if not _state["done"]:
+        return "C kernels not loaded (cnnlab.fuse or `cnnlab native build` loads them)"
     if lib is None:
         return f"C kernels off: {_state['why']}"
     simd = "AVX-512" if lib.cnnlab_maxpool2x2_simd() else "portable C"
@@ -129,4 +203,4 @@ def status() -> str:
 def reset() -> None:
     """Forget the loaded library (tests: rebuild under other settings)."""
     with _lock:
-        _state.update(done=False, lib=None, why="not loaded yet")
+        _state.update(done=False, lib=None, simd=False, why="not loaded yet")
