@@ -60,10 +60,12 @@ def test_quickstart_notebook_executes_and_shows_its_figures(tmp_path, monkeypatc
 
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert errors == []
-    for tag in ("augmentation-grid", "curves", "confusion"):
+    # "own-plot": the user's own pyplot figure after training; it shows only if cnnlab left matplotlib's
+    # backend alone (a library call that switches it to Agg leaves this cell without a picture)
+    for tag in ("augmentation-grid", "curves", "confusion", "own-plot"):
         pictures = _pngs(_tagged(nb, tag))
         assert len(pictures) == 1, f"cell '{tag}' shows {len(pictures)} PNG pictures"
-        assert min(pictures[0].size) >= 200, f"cell '{tag}': a {pictures[0].size} picture"
+        assert min(pictures[0].size) >= 150, f"cell '{tag}': a {pictures[0].size} picture"
         assert len(pictures[0].convert("L").getcolors()) > 20, f"cell '{tag}': a blank picture"
 
     train = _tagged(nb, "train")
