@@ -1,14 +1,29 @@
-"""A one-line progress bar per epoch (loss, accuracy, images/s, time left) and the per-epoch summary.
+"""The per-epoch progress bar (tqdm) and the time format of the per-epoch summary.
 
-The bar redraws at most every `interval` seconds and only on a terminal; reading the running loss is
-the only host synchronisation it causes, so it happens at that rate, not per step.
+In a terminal the bar is tqdm's one-line text bar on stderr, erased when the epoch ends (the Trainer
+then prints the epoch's summary line); in a Jupyter kernel it is tqdm's notebook widget
+(`tqdm.auto` chooses; the widget needs ipywidgets), left in place, green, when the epoch ends. Output
+that is neither (a log file, a pipe) gets no bar. The line reads
+
+    epoch 1/3:  40%|████▍     | 4/10 [00:01<00:02, loss 2.2031, acc 21.50%, 5,120 img/s]
+
+The bar redraws at most every `interval` seconds: reading the running loss and accuracy is the only
+host synchronisation it causes, so it happens at that rate, not per step.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 import time
+from collections.abc import Callable
 from typing import TextIO
+
+from tqdm import tqdm as text_tqdm
+from tqdm.auto import tqdm as auto_tqdm  # tqdm.notebook.tqdm inside a Jupyter kernel with ipywidgets
+
+# tqdm's default layout without its batches/s (the postfix gives images/s, which means more)
+_LAYOUT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]"
 
 
 def format_seconds(s: float) -> str:
@@ -16,55 +31,57 @@ def format_seconds(s: float) -> str:
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
+def in_notebook() -> bool:
+    """Whether tqdm.auto chose its Jupyter widget (we run in a Jupyter kernel that has ipywidgets)."""
+    notebook = sys.modules.get("tqdm.notebook")  # imported by tqdm.auto only inside a Jupyter kernel
+    return notebook is not None and issubclass(auto_tqdm, notebook.tqdm)
+
+
 class ProgressBar:
-    """`bar.update(step, stats_fn)` per step; `stats_fn()` returns (loss, accuracy) and is only called on redraw."""
+    """`bar.update(step, images, stats_fn)` per step; `stats_fn()` returns (loss, accuracy) and is only
+    called on redraw. `stream`: where a text bar goes (default stderr; only drawn if it is a terminal);
+    when it is not given and we run in Jupyter, the bar is tqdm's notebook widget."""
 
     def __init__(self, total: int, prefix: str, *, enabled: bool = True, stream: TextIO | None = None,
-                 interval: float = 0.25, width: int = 24):
+                 interval: float = 0.25):
         self.stream = stream or sys.stderr
-        self.enabled = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.total, self.prefix, self.interval, self.width = max(1, total), prefix, interval, width
+        self.widget = enabled and stream is None and in_notebook()
+        self.enabled = enabled and (self.widget or (hasattr(self.stream, "isatty") and self.stream.isatty()))
+        self.total, self.interval = max(1, total), interval
         self.start = time.perf_counter()
-        self.last_draw = 0.0
-        self.drawn = False  # a bar is on the current line
+        self.last_draw = -math.inf  # the first update draws
         self.images = 0
+        self._bar: text_tqdm | None = None
+        if self.enabled:
+            # redraws are paced here (they read the device); tqdm draws each one it is given
+            cls = auto_tqdm if self.widget else text_tqdm
+            self._bar = cls(total=self.total, desc=prefix, bar_format=_LAYOUT, mininterval=0, miniters=1,
+                            leave=self.widget, **({} if self.widget else {"file": self.stream}))
 
-    def update(self, step: int, images: int, stats_fn) -> None:
+    def update(self, step: int, images: int, stats_fn: Callable[[], tuple[float, float]]) -> None:
         """`step`: batches done in this epoch; `images`: images seen so far in this epoch (this process)."""
         self.images = images
         now = time.perf_counter()
-        if not self.enabled or (now - self.last_draw < self.interval and step < self.total):
+        if self._bar is None or (now - self.last_draw < self.interval and step < self.total):
             return
         self.last_draw = now
         loss, acc = stats_fn()
         elapsed = now - self.start
         rate = images / elapsed if elapsed > 0 else 0.0
-        left = elapsed / step * (self.total - step) if step else 0.0
-        filled = int(self.width * step / self.total)
-        bar = "█" * filled + "·" * (self.width - filled)
-        self.stream.write(
-            f"\r{self.prefix} {bar} {step}/{self.total} loss {loss:.4f} acc {100 * acc:5.2f}% "
-            f"{rate:,.0f} img/s left {format_seconds(left)} "
-        )
-        self.stream.flush()
-        self.drawn = True
+        self._bar.set_postfix_str(f"loss {loss:.4f}, acc {100 * acc:5.2f}%, {rate:,.0f} img/s", refresh=False)
+        self._bar.update(step - self._bar.n)
 
     def message(self, text: str) -> None:
-        """Print `text` on a line of its own above the bar (which is redrawn at the next update), instead
-        of appending it to the bar's line."""
-        if self.drawn:
-            self._erase()
-            self.last_draw = 0.0
-        self.stream.write(text + "\n")
-        self.stream.flush()
+        """Print `text` on a line of its own above the bar (which is redrawn at the next update)."""
+        if self._bar is not None and not self.widget:
+            self._bar.write(text, file=self.stream)  # clears the bar's line, writes, redraws the bar
+            self.last_draw = -math.inf
+        else:
+            self.stream.write(text + "\n")
+            self.stream.flush()
 
     def close(self) -> None:
-        if self.enabled:
-            self._erase()
-            self.stream.flush()
-        self.drawn = False
-
-    def _erase(self) -> None:
-        """Blank the bar's line and return to its start."""
-        self.stream.write("\r" + " " * 110 + "\r")
-        self.drawn = False
+        """A text bar is erased; a widget stays, marked done."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
