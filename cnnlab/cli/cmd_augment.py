@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from cnnlab.errors import CnnlabError
+
 ORDER = 40
 
 EPILOG = """pipeline strings: ops separated by commas, each NAME[:MAIN][:KEY=VALUE...], ranges LO-HI:
@@ -38,8 +40,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cnnlab.augment import describe_ops, parse_pipeline, preview  # noqa: PLC0415 - keep --help fast
-    from cnnlab.errors import CnnlabError  # noqa: PLC0415
+    from cnnlab.augment import describe_ops, parse_pipeline, preview  # noqa: PLC0415 - torch only once a command runs: fast --help
 
     if args.list:
         print(describe_ops())

@@ -34,7 +34,7 @@ def _progress(name: str, got: int, total: int | None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cnnlab.data import dataset_names, fetch_dataset, find_dataset, list_datasets, load_dataset  # noqa: PLC0415 - keep --help fast
+    from cnnlab.data import dataset_names, fetch_dataset, find_dataset, list_datasets, load_dataset  # noqa: PLC0415 - torch only once a command runs: fast --help
 
     if args.data_command is None:
         args._data_parser.print_help()

@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     import json  # noqa: PLC0415
     from pathlib import Path  # noqa: PLC0415
 
-    from cnnlab.experiments import list_experiments, run_all, run_experiment  # noqa: PLC0415
+    from cnnlab.experiments import list_experiments, run_all, run_experiment  # noqa: PLC0415 - torch only once a command runs: fast --help
 
     if args.name == "list":
         for spec in list_experiments():

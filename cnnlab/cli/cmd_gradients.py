@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+import cnnlab  # its public names import torch on first use
+
 ORDER = 45
 
 EPILOG = """examples:
@@ -46,14 +48,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     import json  # noqa: PLC0415
 
-    from cnnlab.experiments._base import Progress  # noqa: PLC0415
-    from cnnlab.inspect.gradients import gradient_lab  # noqa: PLC0415
+    from cnnlab.experiments._base import Progress  # noqa: PLC0415 - torch only once a command runs: fast --help
 
     models = [m for m in args.models.split(",") if m.strip()]
     progress = Progress("gradients", enabled=not args.json)
     progress.total = len(models) * max(args.steps, 0)
     try:
-        lab = gradient_lab(models, args.data, steps=args.steps, batch_size=args.batch_size, optimizer=args.optimizer,
+        lab = cnnlab.gradient_lab(models, args.data, steps=args.steps, batch_size=args.batch_size, optimizer=args.optimizer,
                            lr=args.lr, init_scale=args.init_scale, batch_norm=args.batch_norm,
                            activation=args.activation, skip=args.skip, seed=args.seed, device=args.device,
                            data_dir=args.data_dir, progress=lambda what, n: progress.step(what, n))

@@ -28,7 +28,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cnnlab.train.lr_find import lr_find  # noqa: PLC0415
+    from cnnlab.train.lr_find import lr_find  # noqa: PLC0415 - torch only once a command runs: fast --help
 
     result = lr_find(args.model, args.data, start_lr=args.start_lr, end_lr=args.end_lr, steps=args.steps,
                      batch_size=args.batch_size, optimizer=args.optimizer, augment=args.augment,

@@ -24,7 +24,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cnnlab.inspect.report import build_report  # noqa: PLC0415
+    from cnnlab.inspect.report import build_report  # noqa: PLC0415 - torch only once a command runs: fast --help
 
     print(build_report(args.run, args.out, which=args.weights, data_dir=args.data_dir, errors=args.errors))
     return 0

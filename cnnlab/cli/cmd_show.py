@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     if not getattr(args, "what", None):
         args._show_parser.print_help()
         return 2
-    from cnnlab.inspect.visual import show_errors, show_features, show_filters, show_saliency  # noqa: PLC0415
+    from cnnlab.inspect.visual import show_errors, show_features, show_filters, show_saliency  # noqa: PLC0415 - torch only once a command runs: fast --help
 
     if args.what == "filters":
         shown = show_filters(args.run, out=args.out, which=args.weights)

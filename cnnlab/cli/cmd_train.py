@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cnnlab.errors import CnnlabError
+
 ORDER = 40
 
 EPILOG = """examples:
@@ -87,26 +89,20 @@ OPTION_NAMES = ("model", "data", "data_dir", "image_size", "val_fraction", "epoc
 
 
 def run(args: argparse.Namespace) -> int:
-    from cnnlab.errors import CnnlabError  # noqa: PLC0415
+    from cnnlab.train import NonFiniteLossError, TrainingInterrupted, distributed, recipes, resolve_config, train  # noqa: PLC0415 - torch only once a command runs: fast --help
 
     if args.list_recipes:
-        from cnnlab.train.recipes import describe_recipes  # noqa: PLC0415
-
-        print(describe_recipes())
+        print(recipes.describe_recipes())
         return 0
     options = {name: getattr(args, name) for name in OPTION_NAMES}
     if args.extra:
         options["extra"] = dict(args.extra)
     if args.nproc != 1:
-        from cnnlab.train import distributed, resolve_config  # noqa: PLC0415
-
         if args.nproc < 1:
             raise CnnlabError(f"--nproc must be a positive integer, got {args.nproc}")
         resolve_config(options, recipe=args.recipe, config_file=args.config, resume=args.resume).resolved()
         argv = _without_nproc(sys.argv[1:])
         return distributed.launch(args.nproc, argv)
-
-    from cnnlab.train import NonFiniteLossError, TrainingInterrupted, distributed, train  # noqa: PLC0415
 
     try:
         train(recipe=args.recipe, config=args.config, resume=args.resume, quiet=args.quiet, **options)

@@ -97,6 +97,8 @@ def evaluate(run: str | Path, data=None, *, which: str = "best", split: str = "t
     """
     from cnnlab.train.run import open_run  # noqa: PLC0415
 
+    if tta is not None:
+        check_tta(tta)  # before the model and the data are loaded
     run_dir = open_run(run)
     model, card = run_dir.load_model(which)
     image_size = None
