@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import argparse
 
+from cnnlab.cli._args import int_in
+
 ORDER = 0
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="train the lecture's CNN on Fashion-MNIST for a few epochs (under a minute)",
                        description=__doc__)
-    p.add_argument("--epochs", type=int, help="default 3 (15 on the digits fallback)")
+    p.add_argument("--epochs", type=int_in(1, 100_000), help="default 3 (15 on the digits fallback)")
     p.add_argument("--out", help="run directory (default runs/demo-<time>)")
     p.add_argument("--data-dir", help="folder holding the Fashion-MNIST files")
     p.set_defaults(func=run)

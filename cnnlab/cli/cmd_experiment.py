@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from cnnlab.cli._args import SEED
+
 ORDER = 70
 
 
@@ -16,7 +18,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--data", help="dataset name (default: the experiment's own, usually fashion-mnist)")
     p.add_argument("--data-dir", help="folder holding the dataset's files")
     p.add_argument("--quick", action="store_true", help="tiny size that finishes in seconds (numbers marked quick)")
-    p.add_argument("--seed", type=int, default=0, help="seed for every random choice (default 0)")
+    p.add_argument("--seed", type=SEED, default=0, help="seed for every random choice (default 0)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of the table")
     p.set_defaults(func=run)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from cnnlab.cli._args import int_in
+
 ORDER = 43
 
 
@@ -14,7 +16,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--format", default="onnx", help="onnx (default) or torchscript")
     p.add_argument("--out", help="output file (default RUN/export/<weights>.onnx or .pt)")
     p.add_argument("--weights", default="best", choices=("best", "last"), help="which weights (default best)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--opset", type=int_in(1, 100), default=17, help="ONNX opset (default 17)")
     p.set_defaults(func=run)
     return p
 

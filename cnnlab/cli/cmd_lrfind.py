@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from cnnlab.cli._args import BATCH, SEED, STEPS
+
 ORDER = 44
 
 
@@ -14,14 +16,14 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--data", default="fashion-mnist", help="dataset name (default fashion-mnist)")
     p.add_argument("--data-dir", help="folder holding the dataset's files")
     p.add_argument("--optimizer", default="adamw", help="sgd, adam or adamw (default)")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=BATCH, default=128)
     p.add_argument("--start-lr", type=float, default=1e-7)
     p.add_argument("--end-lr", type=float, default=10.0)
-    p.add_argument("--steps", type=int, default=100, help="at most this many steps (default 100)")
+    p.add_argument("--steps", type=STEPS, default=100, help="at most this many steps (default 100)")
     p.add_argument("--augment", default="none")
     p.add_argument("--precision", default="auto")
     p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--out", default="lr_find.png", help="plot file (default lr_find.png)")
     p.set_defaults(func=run)
     return p

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from cnnlab.cli._args import COUNT
+
 ORDER = 42
 
 
@@ -13,7 +15,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                        "(grayscale or RGB, resized, normalised).")
     p.add_argument("run", metavar="RUN", help="run directory written by `cnnlab train`")
     p.add_argument("images", metavar="IMAGE", nargs="+", help="image files (PNG, JPEG, ...)")
-    p.add_argument("--top-k", type=int, default=3, help="classes to show per image (default 3)")
+    p.add_argument("--top-k", type=COUNT, default=3, help="classes to show per image (default 3)")
     p.add_argument("--weights", default="best", choices=("best", "last"), help="which weights (default best)")
     p.add_argument("--tta", metavar="MODE",
                    help="test-time augmentation: none, flip, shift or flip-shift (default: as the run was trained)")

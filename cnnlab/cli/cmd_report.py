@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from cnnlab.cli._args import int_in
+
 ORDER = 47
 
 
@@ -17,7 +19,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("run", metavar="RUN", help="run directory written by `cnnlab train`")
     p.add_argument("--out", metavar="FILE", help="HTML file to write (default RUN/report.html)")
     p.add_argument("--weights", default="best", choices=("best", "last"), help="which weights (default best)")
-    p.add_argument("--errors", type=int, default=16, help="most confident errors to show (default 16)")
+    p.add_argument("--errors", type=int_in(0, 10_000), default=16, help="most confident errors to show (default 16)")
     p.add_argument("--data-dir", help="folder holding the dataset's files")
     p.set_defaults(func=run)
     return p

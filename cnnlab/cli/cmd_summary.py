@@ -12,11 +12,15 @@ from cnnlab.inspect import summary  # cnnlab.inspect imports torch only when sum
 ORDER = 10
 
 
+MAX_SIDE = 1_000_000  # channels, height or width given to --input
+
+
 def parse_size(text: str) -> tuple[int, int, int]:
-    """'3x224x224' -> (3, 224, 224)."""
-    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*[xX]\s*(\d+)\s*", text or "")
-    if not m or min(int(g) for g in m.groups()) < 1:
-        raise CnnlabError(f"--input must be CxHxW with positive integers, e.g. 3x224x224; got '{text}'")
+    """'3x224x224' -> (3, 224, 224): channels x height x width, PyTorch's order."""
+    m = re.fullmatch(r"\s*(\d{1,7})\s*[xX]\s*(\d{1,7})\s*[xX]\s*(\d{1,7})\s*", text or "")
+    if not m or not all(1 <= int(g) <= MAX_SIDE for g in m.groups()):
+        shown = text if len(text or "") <= 40 else text[:40] + "..."
+        raise CnnlabError(f"--input must be CxHxW with integers from 1 to {MAX_SIDE:,}, e.g. 3x224x224; got '{shown}'")
     return int(m[1]), int(m[2]), int(m[3])
 
 

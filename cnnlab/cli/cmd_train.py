@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cnnlab.cli._args import int_in
 from cnnlab.errors import CnnlabError
 
 ORDER = 40
@@ -73,7 +74,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     s.add_argument("--out", help="run directory (default runs/<model>-<data>-<time>)")
     s.add_argument("--checkpoint-every", type=int, help="also checkpoint every N steps")
     s.add_argument("--keep-checkpoints", type=int)
-    s.add_argument("--nproc", type=int, default=1, help="processes on this machine (DDP through torchrun)")
+    s.add_argument("--nproc", type=int_in(1, 1024), default=1, help="processes on this machine (DDP through torchrun)")
     s.add_argument("--quiet", action="store_true", help="no progress bar: one line per epoch (for logs)")
     s.add_argument("--monitor-gradients", action="store_const", const=True, default=None,
                    help="record per-layer gradient norms (RUN/gradients.jsonl, gradients.png); warn when they vanish")
@@ -89,7 +90,14 @@ OPTION_NAMES = ("model", "data", "data_dir", "image_size", "val_fraction", "epoc
 
 
 def run(args: argparse.Namespace) -> int:
-    from cnnlab.train import NonFiniteLossError, TrainingInterrupted, distributed, recipes, resolve_config, train  # noqa: PLC0415 - torch only once a command runs: fast --help
+    from cnnlab.train import (  # noqa: PLC0415 - torch only once a command runs: fast --help
+        NonFiniteLossError,
+        TrainingInterrupted,
+        distributed,
+        recipes,
+        resolve_config,
+        train,
+    )
 
     if args.list_recipes:
         print(recipes.describe_recipes())

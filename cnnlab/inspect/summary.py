@@ -317,12 +317,13 @@ def summary(
             if " " not in name and not is_model_name(name) and hint:  # a misspelt name, not a bad spec
                 raise CnnlabError(f"unknown model '{name}'{hint}; `cnnlab models` lists them all") from None
             raise
-        except (NotImplementedError, RuntimeError):
+        except (NotImplementedError, RuntimeError, OverflowError) as e:
             if device not in (None, "meta"):
                 raise
-            # A builder that needs real values at construction time: build it for real instead.
-            built, size = resolve_model(name, input_size=input_size, num_classes=num_classes)
-            return trace(built, size, model_name=name)
+            # Never a real build instead: on the meta device a size fails only where it cannot be represented.
+            first = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+            raise CnnlabError(f"model '{name[:80]}' cannot be built even on the meta device (shapes only): {first}; "
+                              "choose fewer channels, units or a smaller input") from None
     if not isinstance(model, nn.Module):
         raise CnnlabError(f"summary() needs an nn.Module, a model name or a spec; got {type(model).__name__}")
     if input_size is None:
