@@ -6,6 +6,10 @@ The bounds keep one argument from asking for terabytes or hours; each error stat
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
+
+from cnnlab.errors import CnnlabError
 
 
 def int_in(low: int, high: int):
@@ -30,3 +34,30 @@ BATCH = int_in(1, 1 << 16)  # images per batch (the training config's MAX_BATCH)
 STEPS = int_in(0, 10_000_000)  # optimizer steps
 COUNT = int_in(1, 10_000)  # images or channels to draw
 SEED = int_in(0, (1 << 63) - 1)  # what torch.manual_seed takes
+
+
+def check_out(path: str | None, flag: str = "--out", *, folder: bool = False) -> None:
+    """Refuse, before any work, an output path that cannot be written: raises `CnnlabError` naming it.
+
+    `folder`: the path is a folder the command creates or fills (else a file). Writing is tried for real
+    (an unnamed temporary file in the nearest existing folder, gone when closed): permissions, read-only
+    mounts and pseudo file systems such as /proc all fail there, as they would after the work.
+    """
+    if path is None:
+        return
+    target = os.path.abspath(os.path.expanduser(str(path)))
+    if folder and os.path.exists(target) and not os.path.isdir(target):
+        raise CnnlabError(f"{flag} '{path}' is a file, not a folder; give a folder path (it is created if missing)")
+    if not folder and os.path.isdir(target):
+        raise CnnlabError(f"{flag} '{path}' is a folder; give a file path inside it")
+    parent = target if folder else os.path.dirname(target)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise CnnlabError(f"{flag} '{path}': '{parent}' is a file, so nothing can be created under it; choose another path")
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as e:
+        raise CnnlabError(f"{flag} '{path}' cannot be written: {e.strerror or e} in '{parent}'; "
+                          "choose a folder you can write to") from None

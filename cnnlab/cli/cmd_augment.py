@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from cnnlab.cli._args import SEED, int_in
+from cnnlab.cli._args import SEED, check_out, int_in
 from cnnlab.errors import CnnlabError
 
 ORDER = 40
@@ -41,6 +41,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_out(args.out)
     from cnnlab.augment import describe_ops, parse_pipeline, preview  # noqa: PLC0415 - torch only once a command runs: fast --help
 
     if args.list:

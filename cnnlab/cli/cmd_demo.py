@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from cnnlab.cli._args import int_in
+from cnnlab.cli._args import check_out, int_in
 
 ORDER = 0
 
@@ -29,6 +29,7 @@ def _say_fallback() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_out(args.out, folder=True)
     from cnnlab.train.demo import demo  # noqa: PLC0415 - torch only once a command runs: fast --help
 
     d = demo(epochs=args.epochs, out=args.out, data_dir=args.data_dir, on_fallback=_say_fallback)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cnnlab.cli._args import SEED
+from cnnlab.cli._args import SEED, check_out
 
 ORDER = 70
 
@@ -35,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
         for spec in list_experiments():
             print(f"{spec.name:18s} {spec.title}: {spec.claim}" + (f" [{spec.budget}]" if spec.budget else ""))
         return 0
+    check_out(args.out, folder=True)
     common = dict(out=args.out, quick=args.quick, data=args.data, data_dir=args.data_dir, seed=args.seed,
                   device=args.device)
     results = run_all(**common) if args.name == "all" else [run_experiment(args.name, **common)]

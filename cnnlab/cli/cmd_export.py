@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cnnlab.cli._args import int_in
+from cnnlab.cli._args import check_out, int_in
 
 ORDER = 43
 
@@ -22,6 +22,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_out(args.out)
     from cnnlab.train.export import export  # noqa: PLC0415 - torch only once a command runs: fast --help
 
     path = export(args.run, args.format, args.out, which=args.weights, opset=args.opset)

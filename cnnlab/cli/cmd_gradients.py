@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 import cnnlab  # its public names import torch on first use
-from cnnlab.cli._args import BATCH, SEED, STEPS
+from cnnlab.cli._args import BATCH, SEED, STEPS, check_out
 
 ORDER = 45
 
@@ -49,6 +49,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     import json  # noqa: PLC0415
 
+    check_out(args.out, folder=True)
     from cnnlab.experiments._base import Progress  # noqa: PLC0415 - torch only once a command runs: fast --help
 
     models = [m for m in args.models.split(",") if m.strip()]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cnnlab.cli._args import BATCH, SEED, STEPS
+from cnnlab.cli._args import BATCH, SEED, STEPS, check_out
 
 ORDER = 44
 
@@ -30,6 +30,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_out(args.out)
     from cnnlab.train.lr_find import lr_find  # noqa: PLC0415 - torch only once a command runs: fast --help
 
     result = lr_find(args.model, args.data, start_lr=args.start_lr, end_lr=args.end_lr, steps=args.steps,

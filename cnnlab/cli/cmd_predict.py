@@ -27,5 +27,8 @@ def run(args: argparse.Namespace) -> int:
     from cnnlab.train.predict import predict  # noqa: PLC0415 - torch only once a command runs: fast --help
 
     for prediction in predict(args.run, args.images, top_k=args.top_k, which=args.weights, tta=args.tta):
+        print(f"{prediction.image}: {prediction.converted}")
+        for warning in prediction.warnings:
+            print(f"  warning: {warning}")
         print(prediction)
     return 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from cnnlab.cli._args import int_in
+from cnnlab.cli._args import check_out, int_in
 
 ORDER = 47
 
@@ -26,6 +26,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_out(args.out)
     from cnnlab.inspect.report import build_report  # noqa: PLC0415 - torch only once a command runs: fast --help
 
     print(build_report(args.run, args.out, which=args.weights, data_dir=args.data_dir, errors=args.errors))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from cnnlab.cli._args import COUNT
+from cnnlab.cli._args import COUNT, check_out
 
 ORDER = 46
 
@@ -66,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     if not getattr(args, "what", None):
         args._show_parser.print_help()
         return 2
+    check_out(args.out)
     from cnnlab.inspect.visual import show_errors, show_features, show_filters, show_saliency  # noqa: PLC0415 - torch only once a command runs: fast --help
 
     if args.what == "filters":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cnnlab.cli._args import int_in
+from cnnlab.cli._args import check_out, int_in
 from cnnlab.errors import CnnlabError
 
 ORDER = 40
@@ -90,6 +90,8 @@ OPTION_NAMES = ("model", "data", "data_dir", "image_size", "val_fraction", "epoc
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.resume:
+        check_out(args.out, folder=True)
     from cnnlab.train import (  # noqa: PLC0415 - torch only once a command runs: fast --help
         NonFiniteLossError,
         TrainingInterrupted,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 
-from cnnlab.cli._args import BATCH, IMAGE_SIDE, SEED, STEPS, int_in
+from cnnlab.cli._args import BATCH, IMAGE_SIDE, SEED, STEPS, check_out, int_in
 
 ORDER = 45
 
@@ -52,6 +52,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_out(args.out, folder=True)
     from cnnlab.transfer.api import probe, transfer  # noqa: PLC0415 - torch only once a command runs: fast --help
 
     common = dict(train_per_class=args.train_per_class, out=args.out, seed=args.seed, image_size=args.image_size,

@@ -79,7 +79,7 @@ class TrainConfig:
     # ---- resolution ---------------------------------------------------------------------------
     def resolved(self) -> TrainConfig:
         """A copy with `None` defaults filled in and every option checked; raises `CnnlabError`."""
-        c = dataclasses.replace(self, extra=dict(self.extra))
+        c = dataclasses.replace(self, extra=dict(self.extra) if isinstance(self.extra, dict) else self.extra)
         c.optimizer = _choice("optimizer", c.optimizer, OPTIMIZERS)
         c.schedule = _choice("schedule", c.schedule, SCHEDULES)
         c.precision = _choice("precision", c.precision, PRECISIONS)
@@ -163,7 +163,27 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise CnnlabError(f"config file '{path}' is not valid TOML: {e}") from None
     if "train" in data and isinstance(data["train"], dict):
         data = {**{k: v for k, v in data.items() if k != "train"}, **data["train"]}
-    return _checked_fields(data, f"config file '{path}'")
+    fields = _checked_fields(data, f"config file '{path}'")
+    _check_types(fields, f"config file '{path}'")
+    return fields
+
+
+# The JSON/TOML types each kind of field annotation accepts (an int is a float too; a bool is no number).
+_TYPES = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,), "dict[str, Any]": (dict,)}
+
+
+def _check_types(fields: dict[str, Any], where: str) -> None:
+    """Refuse a value of the wrong type (`epochs = "5"`, `extra = 3`) in one line naming the file and the option."""
+    annotations = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+    for name, value in fields.items():
+        base = str(annotations[name]).removesuffix(" | None")
+        allowed = _TYPES.get(base)
+        if allowed is None or value is None:
+            continue
+        if isinstance(value, bool) and bool not in allowed or not isinstance(value, allowed):
+            example = {"str": '"text"', "int": "5", "float": "0.5", "bool": "true", "dict[str, Any]": "{ width = 16 }"}[base]
+            raise CnnlabError(f"{where}: '{name}' must be {base.split('[')[0]} (e.g. {name} = {example}), "
+                              f"got {str(value)[:40]!r} ({type(value).__name__})")
 
 
 def merge(*layers: dict[str, Any]) -> TrainConfig:
@@ -173,7 +193,7 @@ def merge(*layers: dict[str, Any]) -> TrainConfig:
         for k, v in layer.items():
             if v is None:
                 continue
-            if k == "extra" and isinstance(merged.get("extra"), dict):
+            if k == "extra" and isinstance(merged.get("extra"), dict) and isinstance(v, dict):
                 v = {**merged["extra"], **v}  # builder options combine: a recipe's width plus a flag's dropout
             merged[k] = v
     return TrainConfig.from_dict(merged)
