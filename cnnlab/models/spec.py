@@ -163,7 +163,8 @@ class _Group:
 
 
 def _fail(what: str, token: str, pos: int, hint: str) -> CnnlabError:
-    return CnnlabError(f"{what} '{token}' at token {pos} of the spec{hint}")
+    shown = token if len(token) <= 60 else f"{token[:40]}...({len(token):,} characters)"
+    return CnnlabError(f"{what} '{shown}' at token {pos} of the spec{hint}")
 
 
 def _int(text: str, what: str, token: str, pos: int, minimum: int = 1, maximum: int = MAX_GEOMETRY) -> int:
