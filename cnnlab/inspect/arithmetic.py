@@ -85,8 +85,8 @@ class Connectivity:
         nb, wb = self.params(False), self.params(True)
         geo = f"stride {self.stride}, padding {self.padding}"
         lines = [
-            f"A {k}x{k}x{c} kernel ({o} output channel{'s' if o > 1 else ''}, {geo}) on a {h}x{w}x{c} input "
-            f"-> {oh}x{ow}x{o} output:",
+            f"A {c}x{k}x{k} kernel ({o} output channel{'s' if o > 1 else ''}, {geo}) on a {c}x{h}x{w} input "
+            f"-> {o}x{oh}x{ow} output:",
             f"  convolution (shared kernel):      {o} x {c}*{k}*{k} = {nb['conv']:,} weights"
             f"   ({wb['conv']:,} with biases)",
             f"  locally connected (no sharing):   {oh}*{ow} positions x {self.conv_weights:,} = "

@@ -1,7 +1,7 @@
 """The lecture's notation for CNNs: `build_spec("conv3x3-32 maxpool2 conv3x3-64 maxpool2 fc10")`.
 
 A spec is a list of tokens separated by spaces (or commas). On a 1x28x28 input the spec above builds
-28x28x1 -> 28x28x32 -> 14x14x32 -> 14x14x64 -> 7x7x64 -> 10, with 320 + 18,496 + 31,370 = 50,186 parameters.
+(C x H x W, PyTorch's order) 1x28x28 -> 32x28x28 -> 32x14x14 -> 64x14x14 -> 64x7x7 -> 10, with 320 + 18,496 + 31,370 = 50,186 parameters.
 
 Layers (numbers are integers unless said otherwise):
 
