@@ -31,6 +31,7 @@ from torch import nn
 
 from cnnlab.errors import CnnlabError
 from cnnlab.layers._native import status as native_status
+from cnnlab.models.downsampling import downsampling_warning
 from cnnlab.runtime import tune_allocator
 from cnnlab.train import distributed
 from cnnlab.train.checkpoint import (
@@ -177,6 +178,8 @@ class Trainer:
         else:
             model = build_model(cfg.model, self.input_size, len(self.classes), options)
         check_model_fits(model, self.input_size, len(self.classes), f"'{cfg.model}'")
+        if self.module is None and (note := downsampling_warning(cfg.model, self.input_size, len(self.classes), options)):
+            self.warn(f"warning: {note}")
         self.model_options = options
 
         self._setup_run_dir()
