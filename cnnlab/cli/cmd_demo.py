@@ -23,8 +23,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
-def _say_fallback() -> None:
-    print("Fashion-MNIST not found. Training on the digits embedded in scikit-learn instead. To use Fashion-MNIST: "
+def _say_fallback(reason: str) -> None:
+    print(f"Fashion-MNIST not found ({reason[:150]}).")
+    print("Training on the digits embedded in scikit-learn instead. To use Fashion-MNIST: "
           "`cnnlab data get fashion-mnist --download`, or `apt-get install dataset-fashion-mnist`, then run the demo again.")
 
 

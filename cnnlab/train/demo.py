@@ -6,7 +6,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from cnnlab.data import find_dataset
+from cnnlab import data
+from cnnlab.errors import CnnlabError
 from cnnlab.train.api import train
 from cnnlab.train.loop import TrainResult
 
@@ -26,13 +27,16 @@ class DemoResult:
 
 
 def demo(epochs: int | None = None, out: str | None = None, data_dir: str | None = None, on_fallback=None) -> DemoResult:
-    """Train `DEMO` into `out` (default runs/demo-<time>). `on_fallback()` is called before training on digits."""
+    """Train `DEMO` into `out` (default runs/demo-<time>). `on_fallback(reason)` is called before training on digits."""
     options = dict(DEMO)
-    fell_back = find_dataset("fashion-mnist", data_dir) is None
-    if fell_back:
+    try:  # loaded, not only found: damaged files fall back too
+        data.load_dataset("fashion-mnist", data_dir=data_dir)
+        fell_back = False
+    except CnnlabError as e:
+        fell_back = True
         options.update(FALLBACK)
         if on_fallback is not None:
-            on_fallback()
+            on_fallback(str(e))
     if epochs is not None:
         options["epochs"] = epochs
     start = time.perf_counter()
