@@ -50,14 +50,15 @@ def check_out(path: str | None, flag: str = "--out", *, folder: bool = False) ->
         raise CnnlabError(f"{flag} '{path}' is a file, not a folder; give a folder path (it is created if missing)")
     if not folder and os.path.isdir(target):
         raise CnnlabError(f"{flag} '{path}' is a folder; give a file path inside it")
-    parent = target if folder else os.path.dirname(target)
+    parent = wanted = target if folder else os.path.dirname(target)
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
+    missing = f" ('{wanted}' does not exist)" if wanted != parent else ""
     if not os.path.isdir(parent):
         raise CnnlabError(f"{flag} '{path}': '{parent}' is a file, so nothing can be created under it; choose another path")
     try:
         with tempfile.TemporaryFile(dir=parent):
             pass
     except OSError as e:
-        raise CnnlabError(f"{flag} '{path}' cannot be written: {e.strerror or e} in '{parent}'; "
+        raise CnnlabError(f"{flag} '{path}' cannot be written: {e.strerror or e} in '{parent}'{missing}; "
                           "choose a folder you can write to") from None

@@ -29,12 +29,14 @@ def run(args: argparse.Namespace) -> int:
     import json  # noqa: PLC0415
     from pathlib import Path  # noqa: PLC0415
 
-    from cnnlab.experiments import list_experiments, run_all, run_experiment  # noqa: PLC0415 - torch only once a command runs: fast --help
+    from cnnlab.experiments import get_experiment, list_experiments, run_all, run_experiment  # noqa: PLC0415 - torch only once a command runs: fast --help
 
     if args.name == "list":
         for spec in list_experiments():
             print(f"{spec.name:18s} {spec.title}: {spec.claim}" + (f" [{spec.budget}]" if spec.budget else ""))
         return 0
+    if args.name != "all":
+        get_experiment(args.name)  # an unknown name first: it says which exist
     check_out(args.out, folder=True)
     common = dict(out=args.out, quick=args.quick, data=args.data, data_dir=args.data_dir, seed=args.seed,
                   device=args.device)
