@@ -272,11 +272,6 @@ def _tensors(obj) -> Iterator[torch.Tensor]:
             yield from _tensors(o)
 
 
-# Element-wise ops whose meta kernels are written in Python: on the meta device the tracer makes their
-# output itself, as it does for batch_norm, linear, cat and adaptive_avg_pool2d below. Only shapes matter there.
-_SHAPE_KEEPING = {torch.tanh, torch.sigmoid, F.tanh, F.sigmoid, torch.Tensor.tanh, torch.Tensor.sigmoid}
-
-
 class Tracer(TorchFunctionMode):
     """Attach a `Field` to every tensor computed from the traced input and count MACs per call.
 
@@ -300,27 +295,10 @@ class Tracer(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func in _SHAPE_KEEPING and args and isinstance(args[0], torch.Tensor) and args[0].device.type == "meta":
-            out = torch.empty_like(args[0])  # the same first-call import for tanh and sigmoid (LeNet-5)
-        elif func is F.batch_norm and args and args[0].device.type == "meta":
+        if func is F.batch_norm and args and args[0].device.type == "meta":
             # Shapes only: skip torch's slow Python decomposition of batch_norm on the meta device
             # (half the time of tracing a ResNet). In eval mode the op has no side effect.
             out = torch.empty_like(args[0])
-        elif func is F.linear and args and args[0].device.type == "meta":
-            # Shapes only: linear with a bias on meta goes through addmm's Python decomposition, whose first
-            # call imports torch._dynamo (1.5-3 s of `cnnlab models`). (..., in) @ (out, in).T -> (..., out).
-            x, weight = args[0], args[1] if len(args) > 1 else kwargs["weight"]
-            out = torch.empty((*x.shape[:-1], weight.shape[0]), device="meta", dtype=x.dtype)
-        elif func is torch.cat and args and all(t.device.type == "meta" for t in args[0]) and args[0][0].ndim:
-            # The same import on meta's first cat (GoogLeNet's branches): the shape is the sizes summed along dim.
-            parts, dim = args[0], args[1] if len(args) > 1 else kwargs.get("dim", 0)
-            shape = list(parts[0].shape)
-            shape[dim % len(shape)] = sum(t.shape[dim % len(shape)] for t in parts)
-            out = torch.empty(shape, device="meta", dtype=parts[0].dtype)
-        elif func is F.adaptive_avg_pool2d and args and args[0].device.type == "meta":  # and on its first call
-            x, size = args[0], args[1] if len(args) > 1 else kwargs["output_size"]
-            oh, ow = (size, size) if isinstance(size, int) else size
-            out = torch.empty((*x.shape[:-2], oh or x.shape[-2], ow or x.shape[-1]), device="meta", dtype=x.dtype)
         else:
             out = func(*args, **kwargs)  # the mode is off inside this call: only top-level ops are seen
         outputs = list(_tensors(out))
