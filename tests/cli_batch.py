@@ -17,6 +17,26 @@ import tempfile
 
 CRASHED = "crashed"
 TIMEOUT = "timeout"
+SPEC = "conv3x3-4 maxpool2 fc10"
+
+
+def write_run(path, card_spec: str = SPEC, weights_spec: str = SPEC, mean: float = 0.3):
+    """A run folder as `cnnlab train` leaves one, written by hand for 1x8x8 images and 10 classes: weights of
+    `weights_spec` (safetensors), a model card naming `card_spec`, config.json and one line of metrics."""
+    from safetensors.torch import save_file  # noqa: PLC0415 - not needed by the child process
+
+    from cnnlab.models.spec import build_spec  # noqa: PLC0415
+
+    path.mkdir()
+    model = build_spec(weights_spec, (1, 8, 8), 10)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path / "best.safetensors"))
+    card = {"model": card_spec, "model_options": {}, "num_classes": 10, "classes": [str(i) for i in range(10)],
+            "input_size": [1, 8, 8], "mean": [mean], "std": [0.3], "dataset": "digits", "epoch": 1,
+            "accuracy": 0.5, "format": "cnnlab-weights-1", "extra": {}}
+    (path / "best.json").write_text(json.dumps(card))
+    (path / "config.json").write_text(json.dumps({"config": {"model": card_spec, "data": "digits", "epochs": 1}}))
+    (path / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "test_accuracy": 0.5, "train_loss": 1.0}) + "\n")
+    return path
 
 
 def run_batch(cases: list[list[str]], cwd: str, *, memory_gib: float = 4, seconds_per_case: float = 60,

@@ -11,28 +11,8 @@ import json
 
 import pytest
 import torch
-from cli_batch import run_batch
+from cli_batch import SPEC, run_batch, write_run
 from PIL import Image
-from safetensors.torch import save_file
-
-from cnnlab.models.spec import build_spec
-
-SPEC = "conv3x3-4 maxpool2 fc10"
-
-
-def _run_folder(path, spec=SPEC, weights_spec=SPEC):
-    """A run folder as `cnnlab train` leaves it, written here by hand: weights of `weights_spec`, a card naming `spec`."""
-    path.mkdir()
-    model = build_spec(weights_spec, (1, 8, 8), 10)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path / "best.safetensors"))
-    card = {"model": spec, "model_options": {}, "num_classes": 10, "classes": [str(i) for i in range(10)],
-            "input_size": [1, 8, 8], "mean": [0.3], "std": [0.3], "dataset": "digits", "epoch": 1,
-            "accuracy": 0.5, "format": "cnnlab-weights-1", "extra": {}}
-    (path / "best.json").write_text(json.dumps(card))
-    (path / "config.json").write_text(json.dumps({"config": {"model": spec, "data": "digits"}}))
-    (path / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "test_accuracy": 0.5}) + "\n")
-    return path
-
 
 CASES = {
     "unwritable_out": [
@@ -74,15 +54,15 @@ NAMES = {
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     root = tmp_path_factory.mktemp("errors")
-    good = _run_folder(root / "good")
-    _run_folder(root / "mismatch", spec="conv3x3-8 maxpool2 fc10")  # the card names 8 channels, the weights hold 4
+    good = write_run(root / "good")
+    write_run(root / "mismatch", card_spec="conv3x3-8 maxpool2 fc10")  # the card names 8 channels, the weights hold 4
     for name, file, text in (("bad-card-json", "best.json", '{"model": '), ("bad-config-json", "config.json", "not json"),
                              ("bad-metrics", "metrics.jsonl", '{"epoch": 1}\n{broken\n'), ("card-is-a-list", "best.json", "[1, 2]")):
-        _run_folder(root / name)
+        write_run(root / name)
         (root / name / file).write_text(text)
     card = json.loads((good / "best.json").read_text())
     del card["classes"]
-    _run_folder(root / "card-wrong-keys")
+    write_run(root / "card-wrong-keys")
     (root / "card-wrong-keys" / "best.json").write_text(json.dumps({**card, "colour": "red"}))
     (root / "a-file").write_text("mine")
     (root / "a-folder").mkdir()

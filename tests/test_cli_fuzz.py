@@ -9,18 +9,13 @@ with exit 0 or 2, no traceback, within its time limit, without the child dying.
 
 from __future__ import annotations
 
-import json
 import random
 
 import pytest
 import torch
-from cli_batch import run_batch
+from cli_batch import SPEC, run_batch, write_run
 from PIL import Image
-from safetensors.torch import save_file
 
-from cnnlab.models.spec import build_spec
-
-SPEC = "conv3x3-4 maxpool2 fc10"
 SEED, COUNT = 15, 300
 
 BAD_INT = ["-1", "0", "x", "", "1.5", "nan", "1e9", "99999999999999999999", "9" * 40, "0x10", "--", "٣"]
@@ -115,26 +110,16 @@ def generate(seed: int = SEED, count: int = COUNT) -> list[list[str]]:
     return cases
 
 
-def _run_folder(path, spec=SPEC, weights_spec=SPEC):
-    path.mkdir()
-    model = build_spec(weights_spec, (1, 8, 8), 10)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path / "best.safetensors"))
-    card = {"model": spec, "model_options": {}, "num_classes": 10, "classes": [str(i) for i in range(10)],
-            "input_size": [1, 8, 8], "mean": [0.3], "std": [0.3], "dataset": "digits", "epoch": 1,
-            "accuracy": 0.5, "format": "cnnlab-weights-1", "extra": {}}
-    (path / "best.json").write_text(json.dumps(card))
-    (path / "config.json").write_text(json.dumps({"config": {"model": spec, "data": "digits", "epochs": 1}}))
-    (path / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "test_accuracy": 0.5, "train_loss": 1.0}) + "\n")
 
 
 @pytest.mark.slow
 def test_generated_bad_command_lines_end_in_0_or_2_without_traceback(tmp_path):
-    _run_folder(tmp_path / "good")
-    _run_folder(tmp_path / "mismatch", spec="conv3x3-8 maxpool2 fc10")
-    _run_folder(tmp_path / "tampered", spec="conv3x3-8 maxpool2 fc99999999")
+    write_run(tmp_path / "good")
+    write_run(tmp_path / "mismatch", card_spec="conv3x3-8 maxpool2 fc10")
+    write_run(tmp_path / "tampered", card_spec="conv3x3-8 maxpool2 fc99999999")
     for name, file, text in (("bad-card", "best.json", '{"model"'), ("bad-config", "config.json", "[1"),
                              ("list-card", "best.json", "[]"), ("bad-metrics", "metrics.jsonl", "{\n")):
-        _run_folder(tmp_path / name)
+        write_run(tmp_path / name)
         (tmp_path / name / file).write_text(text)
     (tmp_path / "no-weights").mkdir()
     (tmp_path / "no-weights" / "best.json").write_text("{}")

@@ -2,32 +2,15 @@
 
 from __future__ import annotations
 
-import json
-
+from cli_batch import write_run
 from PIL import Image
-from safetensors.torch import save_file
 
 from cnnlab.cli.main import main
-from cnnlab.models.spec import build_spec
 from cnnlab.train.predict import predict
-
-SPEC = "conv3x3-4 maxpool2 fc10"
-
-
-def _run(path, mean):
-    path.mkdir()
-    model = build_spec(SPEC, (1, 8, 8), 10)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path / "best.safetensors"))
-    card = {"model": SPEC, "model_options": {}, "num_classes": 10, "classes": [str(i) for i in range(10)],
-            "input_size": [1, 8, 8], "mean": [mean], "std": [0.3], "dataset": "digits", "epoch": 1,
-            "accuracy": 0.5, "format": "cnnlab-weights-1", "extra": {}}
-    (path / "best.json").write_text(json.dumps(card))
-    (path / "config.json").write_text(json.dumps({"config": {}}))
-    return path
 
 
 def test_conversion_and_polarity_are_reported(tmp_path, capsys):
-    run = _run(tmp_path / "dark-data", mean=0.2)  # light digits on a dark background, as MNIST
+    run = write_run(tmp_path / "dark-data", mean=0.2)  # light digits on a dark background, as MNIST
     Image.new("RGB", (50, 40), (255, 255, 255)).save(tmp_path / "paper.png")  # a drawing on white paper
     Image.new("L", (8, 8), 10).save(tmp_path / "dark.png")
     paper, dark = predict(run, [tmp_path / "paper.png", tmp_path / "dark.png"], top_k=1)
@@ -35,7 +18,7 @@ def test_conversion_and_polarity_are_reported(tmp_path, capsys):
     assert len(paper.warnings) == 1 and "mostly light" in paper.warnings[0] and "invert" in paper.warnings[0]
     assert dark.converted == "L 8x8 (as is)" and dark.warnings == []
 
-    light = _run(tmp_path / "light-data", mean=0.8)  # dark objects on white, as scanned text
+    light = write_run(tmp_path / "light-data", mean=0.8)  # dark objects on white, as scanned text
     assert predict(light, [tmp_path / "paper.png"])[0].warnings == []
     assert "mostly dark" in predict(light, [tmp_path / "dark.png"])[0].warnings[0]
 
