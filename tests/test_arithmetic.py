@@ -129,6 +129,6 @@ def test_cli_prints_the_three_lecture_examples():
 def test_cli_options_and_errors():
     out = run_cli("arithmetic", "connectivity", "--input", "1x28x28", "--kernel", "5", "--out-channels", "6",
                   check=True).stdout
-    assert "150 weights" in out and "24x24x6" in out  # 6 * 5*5 weights; 28 - 5 + 1 = 24
+    assert "150 weights" in out and "6x24x24" in out  # 6 * 5*5 weights; 28 - 5 + 1 = 24
     proc = run_cli("arithmetic", "connectivity", "--input", "28x28")
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1

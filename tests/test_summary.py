@@ -93,7 +93,7 @@ def test_locally_connected_macs():
 
 
 def test_lecture_cnn_shapes_and_params():
-    # "conv3x3-32 maxpool2 conv3x3-64 maxpool2 fc10" on 28x28x1, built by hand: the lecture's 50,186.
+    # "conv3x3-32 maxpool2 conv3x3-64 maxpool2 fc10" on 1x28x28, built by hand: the lecture's 50,186.
     model = nn.Sequential(
         nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
@@ -104,7 +104,7 @@ def test_lecture_cnn_shapes_and_params():
     shapes = [tuple(r.output_shape) for r in s.layers]
     assert shapes == [(32, 28, 28), (32, 28, 28), (32, 14, 14), (64, 14, 14), (64, 14, 14), (64, 7, 7), (3136,), (10,)]
     table = str(s)
-    for text in ("28x28x1", "28x28x32", "14x14x32", "14x14x64", "7x7x64", "50,186"):
+    for text in ("1x28x28", "32x28x28", "32x14x14", "64x14x14", "64x7x7", "50,186"):  # CxHxW, as --input
         assert text in table
     # MACs by hand: output elements x products per output.
     assert s.total_macs == 28 * 28 * 32 * 9 + 14 * 14 * 64 * 32 * 9 + 10 * 3136

@@ -26,6 +26,7 @@ def test_demo_falls_back_to_digits_and_says_how_to_get_fashion_mnist(tmp_path, m
     assert (out / "best.safetensors").exists() and (out / "curves.png").exists()
 
 
-def test_demo_refuses_a_bad_epoch_count(tmp_path):
-    with pytest.raises(CnnlabError, match="epochs must be a positive integer"):
+def test_demo_refuses_a_bad_epoch_count(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:  # a usage error now: bounded when parsed, before any import of torch
         main(["--debug", "demo", "--epochs", "0", "--out", str(tmp_path / "d")])
+    assert e.value.code == 2 and "--epochs: expected an integer from 1 to 100,000" in capsys.readouterr().err

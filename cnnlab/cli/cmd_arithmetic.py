@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from cnnlab.cli.cmd_summary import parse_size
+from cnnlab.inspect import arithmetic as ar  # pure arithmetic: cnnlab.inspect imports no torch
 
 ORDER = 12
 
@@ -43,8 +44,6 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cnnlab.inspect import arithmetic as ar  # noqa: PLC0415 - pure arithmetic, no torch
-
     if args.what is None:
         print(ar.lecture_examples())
     elif args.what == "connectivity":

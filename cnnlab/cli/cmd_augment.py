@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import argparse
 
+from cnnlab.cli._args import SEED, check_out, int_in
+from cnnlab.errors import CnnlabError
+
 ORDER = 40
 
 EPILOG = """pipeline strings: ops separated by commas, each NAME[:MAIN][:KEY=VALUE...], ranges LO-HI:
@@ -28,9 +31,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--augment", metavar="PIPELINE", default="lecture",
                    help="pipeline string or preset (default: lecture)")
     p.add_argument("--out", metavar="FILE", help="picture to write (.png, .jpg or .webp); its folder must exist")
-    p.add_argument("--n", type=int, default=8, help="number of images, one per row (default 8)")
-    p.add_argument("--copies", type=int, default=7, help="augmented copies per image (default 7)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the augmentation randomness (default 0)")
+    p.add_argument("--n", type=int_in(1, 1024), default=8, help="number of images, one per row (default 8)")
+    p.add_argument("--copies", type=int_in(0, 256), default=7, help="augmented copies per image (default 7)")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of the augmentation randomness (default 0)")
     p.add_argument("--data-dir", metavar="DIR", help="where to look for the dataset files")
     p.add_argument("--list", action="store_true", help="list the ops, their parameters and the presets")
     p.set_defaults(func=run)
@@ -38,8 +41,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cnnlab.augment import describe_ops, parse_pipeline, preview  # noqa: PLC0415 - keep --help fast
-    from cnnlab.errors import CnnlabError  # noqa: PLC0415
+    check_out(args.out)
+    from cnnlab.augment import describe_ops, parse_pipeline, preview  # noqa: PLC0415 - torch only once a command runs: fast --help
 
     if args.list:
         print(describe_ops())

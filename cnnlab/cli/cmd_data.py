@@ -7,6 +7,8 @@ import argparse
 import json
 import sys
 
+from cnnlab.cli._args import IMAGE_SIDE
+
 ORDER = 30
 
 
@@ -20,7 +22,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     gp.add_argument("name", help="a dataset name (see `cnnlab data list`) or imagefolder:PATH")
     gp.add_argument("--download", action="store_true", help="download from the official URLs if not found")
     gp.add_argument("--data-dir", default=None, help="search this folder first; downloads go here")
-    gp.add_argument("--image-size", type=int, default=None, help="resize to this many pixels (shorter side)")
+    gp.add_argument("--image-size", type=IMAGE_SIDE, default=None, help="resize to this many pixels (shorter side)")
     gp.add_argument("--strict", action="store_true", help="imagefolder: stop at the first unreadable file")
     p.set_defaults(func=run, _data_parser=p)
     return p
@@ -34,7 +36,7 @@ def _progress(name: str, got: int, total: int | None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cnnlab.data import dataset_names, fetch_dataset, find_dataset, list_datasets, load_dataset  # noqa: PLC0415 - keep --help fast
+    from cnnlab.data import dataset_names, fetch_dataset, find_dataset, list_datasets, load_dataset  # noqa: PLC0415 - torch only once a command runs: fast --help
 
     if args.data_command is None:
         args._data_parser.print_help()

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from cnnlab.train.config import TTA_MODES
-
 ORDER = 41
 
 
@@ -18,14 +16,14 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=("test", "train", "val"), help="which split (default test)")
     p.add_argument("--weights", default="best", choices=("best", "last"), help="which weights (default best)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--tta", choices=TTA_MODES,
+    p.add_argument("--tta", metavar="MODE",
                    help="test-time augmentation: none, flip, shift or flip-shift (default: as the run was trained)")
     p.set_defaults(func=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    from cnnlab.train.evaluate import evaluate  # noqa: PLC0415
+    from cnnlab.train.evaluate import evaluate  # noqa: PLC0415 - torch only once a command runs: fast --help
 
     result = evaluate(args.run, args.data, which=args.weights, split=args.split, data_dir=args.data_dir,
                       device=args.device, tta=args.tta)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from cnnlab.cli._args import SEED, check_out
+
 ORDER = 70
 
 
@@ -16,7 +18,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--data", help="dataset name (default: the experiment's own, usually fashion-mnist)")
     p.add_argument("--data-dir", help="folder holding the dataset's files")
     p.add_argument("--quick", action="store_true", help="tiny size that finishes in seconds (numbers marked quick)")
-    p.add_argument("--seed", type=int, default=0, help="seed for every random choice (default 0)")
+    p.add_argument("--seed", type=SEED, default=0, help="seed for every random choice (default 0)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of the table")
     p.set_defaults(func=run)
@@ -27,12 +29,15 @@ def run(args: argparse.Namespace) -> int:
     import json  # noqa: PLC0415
     from pathlib import Path  # noqa: PLC0415
 
-    from cnnlab.experiments import list_experiments, run_all, run_experiment  # noqa: PLC0415
+    from cnnlab.experiments import get_experiment, list_experiments, run_all, run_experiment  # noqa: PLC0415 - torch only once a command runs: fast --help
 
     if args.name == "list":
         for spec in list_experiments():
             print(f"{spec.name:18s} {spec.title}: {spec.claim}" + (f" [{spec.budget}]" if spec.budget else ""))
         return 0
+    if args.name != "all":
+        get_experiment(args.name)  # an unknown name first: it says which exist
+    check_out(args.out, folder=True)
     common = dict(out=args.out, quick=args.quick, data=args.data, data_dir=args.data_dir, seed=args.seed,
                   device=args.device)
     results = run_all(**common) if args.name == "all" else [run_experiment(args.name, **common)]

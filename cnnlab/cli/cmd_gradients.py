@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import argparse
 
+import cnnlab  # its public names import torch on first use
+from cnnlab.cli._args import BATCH, SEED, STEPS, check_out
+
 ORDER = 45
 
 EPILOG = """examples:
@@ -27,15 +30,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="comma-separated model names (default plain20,plain56,resnet20,resnet56)")
     p.add_argument("--data", default="fashion-mnist", help="dataset name (default fashion-mnist)")
     p.add_argument("--data-dir", help="folder holding the dataset's files")
-    p.add_argument("--steps", type=int, default=40, help="training steps per model (default 40)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per step (default 64)")
+    p.add_argument("--steps", type=STEPS, default=40, help="training steps per model (default 40)")
+    p.add_argument("--batch-size", type=BATCH, default=64, help="images per step (default 64)")
     p.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"), help="sgd (Nesterov momentum 0.9, default) or adam")
     p.add_argument("--lr", type=float, help="learning rate, constant (default 0.05 sgd, 1e-3 adam)")
     p.add_argument("--init-scale", type=float, default=1.0, help="multiplies the Kaiming init's std (default 1)")
     p.add_argument("--no-batch-norm", dest="batch_norm", action="store_false", help="build the models without BN")
     p.add_argument("--activation", default="relu", help="relu (default), tanh, sigmoid, gelu, elu, leakyrelu")
     p.add_argument("--no-skip", dest="skip", action="store_false", help="remove the shortcuts of resnet<d>")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--out", default="gradients", help="output folder (default ./gradients)")
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of the table")
@@ -46,14 +49,14 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     import json  # noqa: PLC0415
 
-    from cnnlab.experiments._base import Progress  # noqa: PLC0415
-    from cnnlab.inspect.gradients import gradient_lab  # noqa: PLC0415
+    check_out(args.out, folder=True)
+    from cnnlab.experiments._base import Progress  # noqa: PLC0415 - torch only once a command runs: fast --help
 
     models = [m for m in args.models.split(",") if m.strip()]
     progress = Progress("gradients", enabled=not args.json)
     progress.total = len(models) * max(args.steps, 0)
     try:
-        lab = gradient_lab(models, args.data, steps=args.steps, batch_size=args.batch_size, optimizer=args.optimizer,
+        lab = cnnlab.gradient_lab(models, args.data, steps=args.steps, batch_size=args.batch_size, optimizer=args.optimizer,
                            lr=args.lr, init_scale=args.init_scale, batch_norm=args.batch_norm,
                            activation=args.activation, skip=args.skip, seed=args.seed, device=args.device,
                            data_dir=args.data_dir, progress=lambda what, n: progress.step(what, n))

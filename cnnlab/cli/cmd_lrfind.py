@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from cnnlab.cli._args import BATCH, SEED, STEPS, check_out
+
 ORDER = 44
 
 
@@ -19,22 +21,23 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--data", default="fashion-mnist", help="dataset name (default fashion-mnist)")
     p.add_argument("--data-dir", help="folder holding the dataset's files")
     p.add_argument("--optimizer", default="adamw", help="sgd, adam or adamw (default)")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=BATCH, default=128)
     p.add_argument("--start-lr", type=float, default=1e-7)
     p.add_argument("--end-lr", type=float, default=10.0)
-    p.add_argument("--steps", type=int, default=100, help="at most this many steps (default 100)")
+    p.add_argument("--steps", type=STEPS, default=100, help="at most this many steps (default 100)")
     p.add_argument("--augment", default="none")
     p.add_argument("--precision", default="auto")
     p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--out", help="output folder for lr_find.png and lr_find.json (default runs/lr-find-<model>-<data>-<time>)")
     p.set_defaults(func=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    from cnnlab.core.run import default_run_name  # noqa: PLC0415
-    from cnnlab.train.lr_find import lr_find  # noqa: PLC0415 - torch stays out of `cnnlab --help`
+    check_out(args.out)
+    from cnnlab.core.run import default_run_name  # noqa: PLC0415 - torch only once a command runs: fast --help
+    from cnnlab.train.lr_find import lr_find  # noqa: PLC0415
 
     out = Path(args.out) if args.out else Path("runs") / default_run_name(f"lr-find-{args.model}", args.data)
     result = lr_find(args.model, args.data, start_lr=args.start_lr, end_lr=args.end_lr, steps=args.steps,

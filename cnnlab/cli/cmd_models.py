@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from cnnlab.inspect import format_models, model_stats  # torch is imported when model_stats() runs
+
 ORDER = 5
 
 
@@ -22,8 +24,6 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cnnlab.inspect.summary import format_models, model_stats  # noqa: PLC0415 - keep --help fast
-
     stats = model_stats(args.pattern)
     print(json.dumps(stats, indent=2) if args.json else format_models(stats))
     return 0

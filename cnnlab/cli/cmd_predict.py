@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cnnlab.train.config import TTA_MODES
+from cnnlab.cli._args import COUNT
 
 ORDER = 42
 
@@ -15,17 +15,20 @@ def add_parser(sub) -> argparse.ArgumentParser:
                        "(grayscale or RGB, resized, normalised).")
     p.add_argument("run", metavar="RUN", help="run directory written by `cnnlab train`")
     p.add_argument("images", metavar="IMAGE", nargs="+", help="image files (PNG, JPEG, ...)")
-    p.add_argument("--top-k", type=int, default=3, help="classes to show per image (default 3)")
+    p.add_argument("--top-k", type=COUNT, default=3, help="classes to show per image (default 3)")
     p.add_argument("--weights", default="best", choices=("best", "last"), help="which weights (default best)")
-    p.add_argument("--tta", choices=TTA_MODES,
+    p.add_argument("--tta", metavar="MODE",
                    help="test-time augmentation: none, flip, shift or flip-shift (default: as the run was trained)")
     p.set_defaults(func=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    from cnnlab.train.predict import predict  # noqa: PLC0415
+    from cnnlab.train.predict import predict  # noqa: PLC0415 - torch only once a command runs: fast --help
 
     for prediction in predict(args.run, args.images, top_k=args.top_k, which=args.weights, tta=args.tta):
+        print(f"{prediction.image}: {prediction.converted}")
+        for warning in prediction.warnings:
+            print(f"  warning: {warning}")
         print(prediction)
     return 0

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from cnnlab.cli._args import check_out, int_in
+
 ORDER = 47
 
 
@@ -17,14 +19,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("run", metavar="RUN", help="run directory written by `cnnlab train`")
     p.add_argument("--out", metavar="FILE", help="HTML file to write (default RUN/report.html)")
     p.add_argument("--weights", default="best", choices=("best", "last"), help="which weights (default best)")
-    p.add_argument("--errors", type=int, default=16, help="most confident errors to show (default 16)")
+    p.add_argument("--errors", type=int_in(0, 10_000), default=16, help="most confident errors to show (default 16)")
     p.add_argument("--data-dir", help="folder holding the dataset's files")
     p.set_defaults(func=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    from cnnlab.inspect.report import build_report  # noqa: PLC0415
+    check_out(args.out)
+    from cnnlab.inspect.report import build_report  # noqa: PLC0415 - torch only once a command runs: fast --help
 
     print(build_report(args.run, args.out, which=args.weights, data_dir=args.data_dir, errors=args.errors))
     return 0

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 
+from cnnlab.cli._args import COUNT, check_out
+
 ORDER = 46
 
 
@@ -35,7 +37,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     m.add_argument("image", metavar="IMAGE", help="image file (PNG, JPEG, …), converted as `cnnlab predict` does")
     m.add_argument("--layers", nargs="+", metavar="NAME",
                    help="module names, e.g. features.0 layer2 (default: a few spread over depth)")
-    m.add_argument("--channels", type=int, default=12, help="channels shown per layer (default 12)")
+    m.add_argument("--channels", type=COUNT, default=12, help="channels shown per layer (default 12)")
     _tail(m)
 
     s = what.add_parser("saliency", help="which pixels drove the prediction (gradient or Grad-CAM)",
@@ -51,7 +53,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         description="The misclassified images the model was surest about, with true and "
                         "predicted labels.")
     _common(e)
-    e.add_argument("--count", type=int, default=16, help="how many images (default 16)")
+    e.add_argument("--count", type=COUNT, default=16, help="how many images (default 16)")
     e.add_argument("--split", default="test", choices=("test", "train"), help="default test")
     e.add_argument("--data-dir", help="folder holding the dataset's files")
     _tail(e)
@@ -64,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     if not getattr(args, "what", None):
         args._show_parser.print_help()
         return 2
-    from cnnlab.inspect.visual import show_errors, show_features, show_filters, show_saliency  # noqa: PLC0415
+    check_out(args.out)
+    from cnnlab.inspect.visual import show_errors, show_features, show_filters, show_saliency  # noqa: PLC0415 - torch only once a command runs: fast --help
 
     if args.what == "filters":
         shown = show_filters(args.run, out=args.out, which=args.weights)

@@ -7,15 +7,20 @@ import json
 import re
 
 from cnnlab.errors import CnnlabError
+from cnnlab.inspect import summary  # cnnlab.inspect imports torch only when summary() runs
 
 ORDER = 10
 
 
+MAX_SIDE = 1_000_000  # channels, height or width given to --input
+
+
 def parse_size(text: str) -> tuple[int, int, int]:
-    """'3x224x224' -> (3, 224, 224)."""
-    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*[xX]\s*(\d+)\s*", text or "")
-    if not m or min(int(g) for g in m.groups()) < 1:
-        raise CnnlabError(f"--input must be CxHxW with positive integers, e.g. 3x224x224; got '{text}'")
+    """'3x224x224' -> (3, 224, 224): channels x height x width, PyTorch's order."""
+    m = re.fullmatch(r"\s*(\d{1,7})\s*[xX]\s*(\d{1,7})\s*[xX]\s*(\d{1,7})\s*", text or "")
+    if not m or not all(1 <= int(g) <= MAX_SIDE for g in m.groups()):
+        shown = text if len(text or "") <= 40 else text[:40] + "..."
+        raise CnnlabError(f"--input must be CxHxW with integers from 1 to {MAX_SIDE:,}, e.g. 3x224x224; got '{shown}'")
     return int(m[1]), int(m[2]), int(m[3])
 
 
@@ -39,8 +44,6 @@ def run(args: argparse.Namespace) -> int:
     size = parse_size(args.input) if args.input is not None else None
     if args.num_classes is not None and args.num_classes < 1:
         raise CnnlabError(f"--num-classes must be a positive integer, got {args.num_classes}")
-    from cnnlab.inspect import summary  # noqa: PLC0415 - keep `cnnlab --help` fast
-
     result = summary(args.model, size, num_classes=args.num_classes)
     print(json.dumps(result.to_dict(), indent=2) if args.json else result)
     return 0

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cnnlab.cli._args import check_out, int_in
+from cnnlab.errors import CnnlabError
+
 ORDER = 40
 
 EPILOG = """examples:
@@ -73,7 +76,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     s.add_argument("--out", help="run directory (default runs/<model>-<data>-<time>)")
     s.add_argument("--checkpoint-every", type=int, help="also checkpoint every N steps")
     s.add_argument("--keep-checkpoints", type=int)
-    s.add_argument("--nproc", type=int, default=1, help="processes on this machine (DDP through torchrun)")
+    s.add_argument("--nproc", type=int_in(1, 1024), default=1, help="processes on this machine (DDP through torchrun)")
     s.add_argument("--quiet", action="store_true", help="no progress bar: one line per epoch (for logs)")
     s.add_argument("--monitor-gradients", action="store_const", const=True, default=None,
                    help="record per-layer gradient norms (RUN/gradients.jsonl, gradients.png); warn when they vanish")
@@ -89,26 +92,29 @@ OPTION_NAMES = ("model", "data", "data_dir", "image_size", "val_fraction", "epoc
 
 
 def run(args: argparse.Namespace) -> int:
-    from cnnlab.errors import CnnlabError  # noqa: PLC0415
+    if not args.resume:
+        check_out(args.out, folder=True)
+    from cnnlab.train import (  # noqa: PLC0415 - torch only once a command runs: fast --help
+        NonFiniteLossError,
+        TrainingInterrupted,
+        distributed,
+        recipes,
+        resolve_config,
+        train,
+    )
 
     if args.list_recipes:
-        from cnnlab.train.recipes import describe_recipes  # noqa: PLC0415
-
-        print(describe_recipes())
+        print(recipes.describe_recipes())
         return 0
     options = {name: getattr(args, name) for name in OPTION_NAMES}
     if args.extra:
         options["extra"] = dict(args.extra)
     if args.nproc != 1:
-        from cnnlab.train import distributed, resolve_config  # noqa: PLC0415
-
         if args.nproc < 1:
             raise CnnlabError(f"--nproc must be a positive integer, got {args.nproc}")
         resolve_config(options, recipe=args.recipe, config_file=args.config, resume=args.resume).resolved()
         argv = _without_nproc(sys.argv[1:])
         return distributed.launch(args.nproc, argv)
-
-    from cnnlab.train import NonFiniteLossError, TrainingInterrupted, distributed, train  # noqa: PLC0415
 
     try:
         train(recipe=args.recipe, config=args.config, resume=args.resume, progress=not args.quiet, **options)

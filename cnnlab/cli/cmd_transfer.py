@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 
+from cnnlab.cli._args import BATCH, IMAGE_SIDE, SEED, STEPS, check_out, int_in
+
 ORDER = 45
 
 
@@ -32,16 +34,16 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--layer", default="pre_logits",
                    help="where to cut (default pre_logits: what the classifier reads); a stage, features, fc6, fc7, "
                         "or any module name")
-    p.add_argument("--train-per-class", type=int, help="use only K training images per class (seeded)")
-    p.add_argument("--steps", type=int, default=300, help="optimizer steps for finetune/retrain/scratch (default 300)")
+    p.add_argument("--train-per-class", type=int_in(1, 10_000_000), help="use only K training images per class (seeded)")
+    p.add_argument("--steps", type=STEPS, default=300, help="optimizer steps for finetune/retrain/scratch (default 300)")
     p.add_argument("--lr", type=float, default=3e-3,
                    help="fine-tuning head rate; the last stage gets lr/10, earlier ones half each (default 3e-3)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--image-size", type=int, help="resize inputs to this size (backbones with adaptive pooling only)")
-    p.add_argument("--large-per-class", type=int, default=500, help="auto: images per class that count as large")
+    p.add_argument("--batch-size", type=BATCH, default=64)
+    p.add_argument("--image-size", type=IMAGE_SIDE, help="resize inputs to this size (backbones with adaptive pooling only)")
+    p.add_argument("--large-per-class", type=int_in(1, 10_000_000), default=500, help="auto: images per class that count as large")
     p.add_argument("--no-baselines", action="store_true", help="skip the raw-pixel and from-scratch baselines")
     p.add_argument("--cache-dir", help="feature cache (default $CNNLAB_FEATURE_CACHE or ~/.cache/cnnlab/features)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     p.add_argument("--out", help="folder for results.json/.md (probe: probe.json/.md/.png)")
@@ -50,7 +52,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cnnlab.transfer.api import probe, transfer  # noqa: PLC0415
+    check_out(args.out, folder=True)
+    from cnnlab.transfer.api import probe, transfer  # noqa: PLC0415 - torch only once a command runs: fast --help
 
     common = dict(train_per_class=args.train_per_class, out=args.out, seed=args.seed, image_size=args.image_size,
                   cache_dir=args.cache_dir, device=args.device, precision=args.precision, data_dir=args.data_dir)

@@ -71,12 +71,25 @@ def main(argv: list[str] | None = None) -> int:
             raise
         sys.stderr.write(f"cnnlab {args.command}: error: {e}\n")
         return EXIT_USAGE
+    except BrokenPipeError:  # `cnnlab models | head`
+        return 0
+    except OSError as e:  # last resort: a file the command could not read or write, named in one line
+        if args.debug:
+            raise
+        sys.stderr.write(f"cnnlab {args.command}: error: {os_error_line(e)}\n")
+        return EXIT_USAGE
     except KeyboardInterrupt:
         sys.stderr.write("cnnlab: interrupted\n")
         return 130
-    except BrokenPipeError:  # `cnnlab models | head`
-        return 0
     return int(code or 0)
+
+
+def os_error_line(e: OSError) -> str:
+    """One line from any OSError: `Permission denied ('/x/y'); check that the path exists and ...`."""
+    what = e.strerror or str(e) or type(e).__name__
+    paths = " -> ".join(f"'{p}'" for p in (e.filename, e.filename2) if p is not None)
+    where = f" ({paths})" if paths else ""
+    return f"{what}{where}; check that the path exists and that you may read or write it"
 
 
 if __name__ == "__main__":

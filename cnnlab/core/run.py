@@ -16,6 +16,7 @@ Models are built in `cnnlab.train.run` (`load_model`); this module only reads an
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import time
@@ -59,13 +60,66 @@ class ModelCard:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelCard:
+    def from_dict(cls, d: dict[str, Any], where: str = "model card") -> ModelCard:
+        """Check every field's presence and type (the file may have been edited): `CnnlabError` naming `where`."""
+        if not isinstance(d, dict):
+            raise CnnlabError(f"{where} must hold a JSON object, got {type(d).__name__}; retrain or restore the file")
         if d.get("format") != WEIGHTS_FORMAT:
-            raise CnnlabError(f"unknown weights format {d.get('format')!r}; expected {WEIGHTS_FORMAT!r}")
+            raise CnnlabError(f"{where}: unknown weights format {d.get('format')!r}; expected {WEIGHTS_FORMAT!r}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        required = {f.name for f in dataclasses.fields(cls)
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+        unknown, missing = sorted(set(d) - names), sorted(required - set(d))
+        if unknown or missing:
+            raise CnnlabError(f"{where}: unknown keys {unknown}, missing keys {missing}; retrain or restore the file")
         d = dict(d)
-        d["input_size"] = tuple(d["input_size"])
-        d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
+
+        def bad(key: str, want: str) -> CnnlabError:
+            return CnnlabError(f"{where}: '{key}' must be {want}, got {str(d[key])[:60]!r}; retrain or restore the file")
+
+        def numbers(key: str, kind=(int, float)) -> tuple:
+            v = d[key]
+            if not isinstance(v, list) or not all(isinstance(x, kind) and not isinstance(x, bool) for x in v):
+                raise bad(key, "a list of numbers")
+            return tuple(v)
+
+        for key in ("model", "dataset"):
+            if not isinstance(d[key], str):
+                raise bad(key, "a string")
+        if not isinstance(d["model_options"], dict):
+            raise bad("model_options", "an object")
+        if not isinstance(d["classes"], list) or not all(isinstance(c, str) for c in d["classes"]):
+            raise bad("classes", "a list of class names")
+        for key in ("num_classes", "epoch"):
+            if not isinstance(d[key], int) or isinstance(d[key], bool) or d[key] < 0:
+                raise bad(key, "a non-negative integer")
+        d["input_size"] = numbers("input_size", int)
+        d["mean"], d["std"] = numbers("mean"), numbers("std")
+        if len(d["input_size"]) != 3 or len(d["mean"]) != d["input_size"][0] or len(d["std"]) != d["input_size"][0]:
+            raise bad("input_size", "[C, H, W] with C means and C stds")
+        if len(d["classes"]) != d["num_classes"]:
+            raise bad("classes", f"{d['num_classes']} names (num_classes)")
         return cls(**d)
+
+
+def read_json(path: Path, what: str = "file") -> Any:
+    """JSON from a file of a run folder; a damaged or unreadable file is one `CnnlabError` naming it."""
+    text = read_text(path, what)
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as e:
+        why = f"{e.msg}, line {e.lineno}" if isinstance(e, json.JSONDecodeError) else "nested too deeply"
+        raise CnnlabError(f"{what} '{path}' is not valid JSON ({why}); retrain or restore the file") from None
+
+
+def read_text(path: Path, what: str = "file") -> str:
+    """The text of a file of a run folder; unreadable or not text: one `CnnlabError` naming it."""
+    try:
+        return path.read_text()
+    except UnicodeDecodeError as e:
+        raise CnnlabError(f"{what} '{path}' is not text ({e.reason}); retrain or restore the file") from None
+    except OSError as e:
+        raise CnnlabError(f"cannot read {what} '{path}': {e.strerror or e}; check the file and its permissions") from None
 
 
 def environment() -> dict[str, Any]:
@@ -100,7 +154,12 @@ class RunDir:
         atomic_write_json(self.path / "config.json", config)
 
     def read_config(self) -> dict[str, Any]:
-        return json.loads((self.path / "config.json").read_text())
+        path = self.path / "config.json"
+        config = read_json(path, "run config")
+        if not isinstance(config, dict) or not isinstance(config.get("config", {}), dict):
+            raise CnnlabError(f"run config '{path}' must hold a JSON object with a 'config' object; retrain or restore it")
+        return config
+
 
     def write_metrics(self, history: list[dict[str, Any]]) -> None:
         # Rewritten whole from the checkpointed history, so it never disagrees with what resume restores.
@@ -108,7 +167,20 @@ class RunDir:
 
     def read_metrics(self) -> list[dict[str, Any]]:
         path = self.path / "metrics.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+        if not path.exists():
+            return []
+        rows = []
+        for number, line in enumerate(read_text(path, "metrics").splitlines(), start=1):
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise CnnlabError(f"metrics '{path}' line {number} is not valid JSON ({e.msg}); "
+                                      "delete that line or restore the file") from None
+                if not isinstance(row, dict):
+                    raise CnnlabError(f"metrics '{path}' line {number} is not a JSON object; delete it or restore the file")
+                rows.append(row)
+        return rows
 
     def save_weights(self, which: str, model: nn.Module, card: ModelCard) -> None:
         """`which.safetensors` then `which.json`; each atomic, the JSON last so it names finished weights."""
@@ -121,7 +193,7 @@ class RunDir:
         if not path.is_file():
             found = sorted(p.stem for p in self.path.glob("*.json") if p.stem not in ("config",))
             raise CnnlabError(f"no weights '{which}' in run '{self.path}'; found: {', '.join(found) or 'none'}")
-        return ModelCard.from_dict(json.loads(path.read_text()))
+        return ModelCard.from_dict(read_json(path, "model card"), where=f"model card '{path}'")
 
     def load_weights(self, which: str = "best") -> tuple[dict[str, torch.Tensor], ModelCard]:
         """The state dict of `which.safetensors` (CPU) and the card `which.json` that describes it.

@@ -49,6 +49,19 @@ def check_image_size(image_size: int | None) -> None:
         raise CnnlabError(f"image_size must be a positive integer (pixels), got {image_size!r}")
 
 
+# Resized images are held in memory: a bound on their bytes, stated in the error that refuses more.
+MAX_RESIZED_BYTES = 8 << 30
+
+
+def check_resized_bytes(count: int, channels: int, size: int) -> None:
+    """Refuse, before allocating, `count` images resized to `channels x size x size` uint8 above MAX_RESIZED_BYTES."""
+    need = count * channels * size * size
+    if need > MAX_RESIZED_BYTES:
+        fits = int((MAX_RESIZED_BYTES / max(count * channels, 1)) ** 0.5)
+        raise CnnlabError(f"image_size {size} would hold {need / 2**30:,.1f} GiB of images ({count:,} x {channels}x{size}x{size}) "
+                          f"in memory, more than the limit of {MAX_RESIZED_BYTES >> 30} GiB; use image_size {fits} or less")
+
+
 def resize_uint8(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
     """Resize uint8 images (N, C, H, W) so the shorter side is `size`, then centre-crop to size x size.
 
@@ -60,6 +73,8 @@ def resize_uint8(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Te
     scale = size / min(h, w)
     nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
     top, left = (nh - size) // 2, (nw - size) // 2
+    check_resized_bytes(n, c, size)
+    chunk = max(1, min(chunk, (256 << 20) // (4 * c * nh * nw)))  # at most ~256 MB of fp32 per interpolation
     out = torch.empty((n, c, size, size), dtype=torch.uint8)
     for start in range(0, n, chunk):
         x = images[start:start + chunk].float()
@@ -82,6 +97,8 @@ def in_memory_dataset(
     """Build a Dataset from arrays: train/test are (images uint8 (N, C, H, W), labels int64 (N,))."""
     check_val_fraction(val_fraction)
     check_image_size(image_size)
+    if image_size is not None:  # both splits, before either is resized
+        check_resized_bytes(len(train[0]) + len(test[0]), int(torch.as_tensor(train[0][:1]).shape[1]), image_size)
     splits = []
     for images, labels in (train, test):
         images = torch.as_tensor(images)

@@ -15,12 +15,17 @@ from dataclasses import dataclass
 
 from cnnlab.errors import CnnlabError
 
+# Bounds on every argument, so that one number cannot ask for hours of looping or pages of digits.
+MAX_SIZE = 1_000_000  # channels, heights, widths, kernels, strides, paddings, dilations
+MAX_RF_LAYERS = 1_000  # stacked layers in receptive_field_growth (one number printed per layer)
 
-def _positive(label: str, value, allow_zero: bool = False) -> int:
+
+def _positive(label: str, value, allow_zero: bool = False, high: int = MAX_SIZE) -> int:
     low = 0 if allow_zero else 1
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
         need = "a non-negative" if allow_zero else "a positive"
-        raise CnnlabError(f"{label} must be {need} integer, got {value!r}")
+        shown = repr(value) if not isinstance(value, int) or abs(value) < 10**20 else f"a {len(str(abs(value)))}-digit number"
+        raise CnnlabError(f"{label} must be {need} integer of at most {high:,}, got {shown}")
     return value
 
 
@@ -80,8 +85,8 @@ class Connectivity:
         nb, wb = self.params(False), self.params(True)
         geo = f"stride {self.stride}, padding {self.padding}"
         lines = [
-            f"A {k}x{k}x{c} kernel ({o} output channel{'s' if o > 1 else ''}, {geo}) on a {h}x{w}x{c} input "
-            f"-> {oh}x{ow}x{o} output:",
+            f"A {c}x{k}x{k} kernel ({o} output channel{'s' if o > 1 else ''}, {geo}) on a {c}x{h}x{w} input "
+            f"-> {o}x{oh}x{ow} output:",
             f"  convolution (shared kernel):      {o} x {c}*{k}*{k} = {nb['conv']:,} weights"
             f"   ({wb['conv']:,} with biases)",
             f"  locally connected (no sharing):   {oh}*{ow} positions x {self.conv_weights:,} = "
@@ -226,8 +231,9 @@ def receptive_field_growth(kernel: int = 3, layers: int = 3, stride: int = 1, di
     Stride 1 gives 3, 5, 7 for 3x3 kernels; the 3, 9, 27 sometimes quoted holds only for stride 3,
     where the windows tile the input without overlap.
     """
-    for label, v in (("kernel", kernel), ("layers", layers), ("stride", stride), ("dilation", dilation)):
+    for label, v in (("kernel", kernel), ("stride", stride), ("dilation", dilation)):
         _positive(label, v)
+    _positive("layers", layers, high=MAX_RF_LAYERS)
     k_eff = dilation * (kernel - 1) + 1
     rf, jump, rfs, jumps = 1, 1, [], []
     for _ in range(layers):

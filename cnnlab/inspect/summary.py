@@ -88,10 +88,7 @@ class Summary:
 # Formatting
 
 def _shape(shape: tuple[int, ...]) -> str:
-    if len(shape) == 3:  # (C, H, W) -> the lecture's HxWxC
-        c, h, w = shape
-        return f"{h}x{w}x{c}"
-    return "x".join(str(n) for n in shape) or "scalar"
+    return "x".join(str(n) for n in shape) or "scalar"  # (C, H, W) as CxHxW: PyTorch's order, as --input takes it
 
 
 def _pair(v: list | None) -> str:
@@ -111,7 +108,7 @@ def human(n: float) -> str:
 def format_table(s: Summary) -> str:
     head = ("Layer", "Kind", "Output shape", "Params", "MACs", "RF", "Jump", "")
     c, h, w = s.input_size
-    rows = [("input", "", f"{h}x{w}x{c}", "", "", "1", "1", "")]
+    rows = [("input", "", f"{c}x{h}x{w}", "", "", "1", "1", "")]
     for r in s.layers:
         mark = "" if r.trainable_params == r.params else ("frozen" if r.trainable_params == 0 else "part frozen")
         rows.append((
@@ -135,7 +132,7 @@ def format_table(s: Summary) -> str:
     out.append(f"Trainable params: {s.trainable_params:,}")
     out.append(f"Non-trainable params: {frozen:,}")
     short = f" ({human(s.total_macs)})" if s.total_macs >= 1000 else ""
-    out.append(f"Total MACs: {s.total_macs:,}{short} per {h}x{w}x{c} image")
+    out.append(f"Total MACs: {s.total_macs:,}{short} per {c}x{h}x{w} image")
     if s.output_field is not None:
         rf = [fmt_number(v) for v in s.output_field.rf]
         out.append(f"Receptive field of the output: {_pair(rf)} input pixels")
@@ -311,12 +308,13 @@ def summary(
             if " " not in name and not is_model_name(name) and hint:  # a misspelt name, not a bad spec
                 raise CnnlabError(f"unknown model '{name}'{hint}; `cnnlab models` lists them all") from None
             raise
-        except (NotImplementedError, RuntimeError):
+        except (NotImplementedError, RuntimeError, OverflowError) as e:
             if device not in (None, "meta"):
                 raise
-            # A builder that needs real values at construction time: build it for real instead.
-            built, size = resolve_model(name, input_size=input_size, num_classes=num_classes)
-            return trace(built, size, model_name=name)
+            # Never a real build instead: on the meta device a size fails only where it cannot be represented.
+            first = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+            raise CnnlabError(f"model '{name[:80]}' cannot be built even on the meta device (shapes only): {first}; "
+                              "choose fewer channels, units or a smaller input") from None
     if not isinstance(model, nn.Module):
         raise CnnlabError(f"summary() needs an nn.Module, a model name or a spec; got {type(model).__name__}")
     if input_size is None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import importlib
 import inspect
 
+import torch
+
 from cnnlab.errors import CnnlabError
 from cnnlab.models._base import ConvNet
 from cnnlab.models._registry import (
@@ -35,6 +37,10 @@ __all__ = [
     "resolve_model",
 ]
 
+# Parameters a model built from a name or spec may have: 4 GB of fp32 weights, 4x the zoo's largest
+# (vgg19, 144 M); a model card or option asking for more is refused before anything is allocated.
+MAX_PARAMS = 1_000_000_000
+
 
 def resolve_model(
     text: str,
@@ -49,6 +55,23 @@ def resolve_model(
     (simple_cnn, vgg_like, lenet5). A spec needs `input_size` for the same reason (default 1x28x28).
     `options` go to the registered builder (a spec takes none).
     """
+    if not isinstance(text, str):
+        raise CnnlabError(f"a model must be a registered name or a spec (a string), got {text!r}")
+    if torch.get_default_device().type == "meta":
+        return _resolve(text, input_size, num_classes, options)
+    try:  # count on the meta device first: nothing is allocated
+        with torch.device("meta"):
+            model, _ = _resolve(text, input_size, num_classes, options)
+        n = sum(p.numel() for p in model.parameters())
+    except (RuntimeError, OverflowError) as e:  # a size PyTorch cannot even represent
+        n = f"too many ({str(e).strip().splitlines()[0][:80] if str(e).strip() else type(e).__name__})"
+    if not isinstance(n, int) or n > MAX_PARAMS:
+        raise CnnlabError(f"model '{text.strip()[:80]}' would have {n if isinstance(n, str) else f'{n:,}'} parameters, "
+                          f"more than the limit of {MAX_PARAMS:,} (4 GB of fp32 weights); choose fewer channels or units")
+    return _resolve(text, input_size, num_classes, options)
+
+
+def _resolve(text: str, input_size, num_classes, options):
     text = text.strip()
     options = dict(options or {})  # a dict, not **kwargs: a builder may itself take `input_size`
     if is_model_name(text):
@@ -61,3 +84,4 @@ def resolve_model(
         raise CnnlabError(f"options {sorted(options)} apply to registered models, not to a spec like '{text}'")
     size = tuple(input_size) if input_size is not None else (1, 28, 28)
     return build_spec(text, input_size=size, num_classes=num_classes), size
+

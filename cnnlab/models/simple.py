@@ -72,7 +72,7 @@ def simple_cnn(
     activation: str = "relu",
     batch_norm: bool = False,
 ) -> SpecNet:
-    """The lecture's typical CNN: 28x28x1 -> 28x28x32 -> 14x14x32 -> 14x14x64 -> 7x7x64 -> 10.
+    """The lecture's typical CNN (C x H x W): 1x28x28 -> 32x28x28 -> 32x14x14 -> 64x14x14 -> 64x7x7 -> 10.
 
     `input_size` is the side (or `(H, W)`) of the images; the fc layer's size depends on it.
     `batch_norm=True` puts batch norm between each conv and its activation.

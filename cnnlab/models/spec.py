@@ -1,7 +1,7 @@
 """The lecture's notation for CNNs: `build_spec("conv3x3-32 maxpool2 conv3x3-64 maxpool2 fc10")`.
 
 A spec is a list of tokens separated by spaces (or commas). On a 1x28x28 input the spec above builds
-28x28x1 -> 28x28x32 -> 14x14x32 -> 14x14x64 -> 7x7x64 -> 10, with 320 + 18,496 + 31,370 = 50,186 parameters.
+(C x H x W, PyTorch's order) 1x28x28 -> 32x28x28 -> 32x14x14 -> 64x14x14 -> 64x7x7 -> 10, with 320 + 18,496 + 31,370 = 50,186 parameters.
 
 Layers (numbers are integers unless said otherwise):
 
@@ -51,6 +51,10 @@ Classes: `num_classes`, when given, must equal the units of the last fc; a spec 
 A spec without fc is fine otherwise: its forward returns the last map (or vector, after gap/flatten),
 which is what receptive-field exercises need.
 
+Limits, so that one argument cannot ask for terabytes or hours (checked while parsing, before anything is
+built): at most MAX_LAYERS tokens once every repetition is written out, kernel sizes, strides, dilations,
+paddings and pools up to MAX_GEOMETRY, channels and units (after /double) up to MAX_WIDTH.
+
 Errors name the token, its 1-based position among the space-separated words, and what would work:
 `unknown layer 'maxpoool2' at token 2 of the spec (did you mean 'maxpool2'?); ...`.
 
@@ -80,7 +84,12 @@ from cnnlab.layers.activations import ACTIVATIONS, make_activation
 from cnnlab.layers.locally_connected import LocallyConnected2d, conv_output_size
 from cnnlab.models._base import ConvNet
 
-__all__ = ["SpecLayer", "SpecNet", "build_spec", "canonical_spec", "expand_spec", "parse_spec"]
+__all__ = ["MAX_GEOMETRY", "MAX_LAYERS", "MAX_WIDTH", "SpecLayer", "SpecNet", "build_spec", "canonical_spec",
+           "expand_spec", "parse_spec"]
+
+MAX_LAYERS = 2_000  # tokens with every repetition written out: ResNet-1202, the deepest in the papers, has ~1,200
+MAX_WIDTH = 1 << 16  # channels of a conv/local layer or units of an fc layer (the zoo's widest: 4,096)
+MAX_GEOMETRY = 1 << 12  # kernel sizes, strides, dilations, paddings and pool sizes, in pixels
 
 _LAYER_WORDS = ["conv", "local", "maxpool", "avgpool", "gap", "flatten", "bn", "dropout", "fc", "softmax"]
 _CONV_OPTIONS = {"s": True, "d": True, "p": True, "valid": False, "pool": True, "bn": False}
@@ -152,13 +161,16 @@ class _Group:
 
 
 def _fail(what: str, token: str, pos: int, hint: str) -> CnnlabError:
-    return CnnlabError(f"{what} '{token}' at token {pos} of the spec{hint}")
+    shown = token if len(token) <= 60 else f"{token[:40]}...({len(token):,} characters)"
+    return CnnlabError(f"{what} '{shown}' at token {pos} of the spec{hint}")
 
 
-def _int(text: str, what: str, token: str, pos: int, minimum: int = 1) -> int:
-    value = int(text)
+def _int(text: str, what: str, token: str, pos: int, minimum: int = 1, maximum: int = MAX_GEOMETRY) -> int:
+    value = int(text) if len(text) <= 12 else maximum + 1  # int() of a 5,000-digit string raises
     if value < minimum:
         raise _fail(f"{what} must be at least {minimum} in", token, pos, f"; got {value}")
+    if value > maximum:
+        raise _fail(f"{what} must be at most {maximum:,} in", token, pos, f"; got {text[:20]}{'...' if len(text) > 20 else ''}")
     return value
 
 
@@ -175,7 +187,7 @@ def _parse_token(word: str, pos: int) -> _Item:
         m = re.fullmatch(r"([^*]+)\*(\d+)", body)
         if not m:
             raise _fail("bad repeat", word, pos, "; write tok*n with a whole n >= 1, e.g. conv3x3-32*2")
-        body, repeat = m.group(1), _int(m.group(2), "the repeat count", word, pos)
+        body, repeat = m.group(1), _int(m.group(2), "the repeat count", word, pos, maximum=MAX_LAYERS)
     base, *opts = body.split("/")
     head = re.match(r"[a-z]*", base).group(0)
     if head in ACTIVATIONS:
@@ -194,7 +206,8 @@ def _parse_token(word: str, pos: int) -> _Item:
             raise _fail(f"bad {head} layer", word, pos, f"; write {head}<k>x<k>-<channels>, e.g. {head}3x3-32")
         kh = _int(m.group(1), "the kernel size", word, pos)
         kw = _int(m.group(2), "the kernel size", word, pos) if m.group(2) else kh
-        layer = SpecLayer(head, pos, channels=_int(m.group(3), "the channel count", word, pos), kernel=(kh, kw))
+        layer = SpecLayer(head, pos, channels=_int(m.group(3), "the channel count", word, pos, maximum=MAX_WIDTH),
+                          kernel=(kh, kw))
         allowed = _CONV_OPTIONS
     elif head in ("maxpool", "avgpool"):
         m = re.fullmatch(rf"{head}(\d+)(?:x(\d+))?", base)
@@ -212,7 +225,7 @@ def _parse_token(word: str, pos: int) -> _Item:
         m = re.fullmatch(r"fc(\d+)", base)
         if not m:
             raise _fail("bad fc layer", word, pos, "; write fc<units>, e.g. fc10")
-        layer, allowed = SpecLayer("fc", pos, channels=_int(m.group(1), "the unit count", word, pos)), {}
+        layer, allowed = SpecLayer("fc", pos, channels=_int(m.group(1), "the unit count", word, pos, maximum=MAX_WIDTH)), {}
     else:
         if base != head:
             raise _fail(f"bad {head} layer", word, pos, f"; '{head}' takes no number")
@@ -285,14 +298,41 @@ def _parse_tree(text: str) -> list:
             group = stack.pop()
             if not group.items:
                 raise _fail("empty group", word, pos, "; put layers between '(' and ')'")
-            group.repeat = _int(c.group(1), "the repeat count", word, pos) if c.group(1) else 1
+            group.repeat = _int(c.group(1), "the repeat count", word, pos, maximum=MAX_LAYERS) if c.group(1) else 1
             group.double = bool(c.group(2))
             stack[-1].items.append(group)
     if len(stack) > 1:
         raise CnnlabError(
             f"unclosed '(' at token {stack[-1].position} of the spec; close the group with ')' or ')*n'"
         )
+    _check_size(stack[0].items)
     return stack[0].items
+
+
+def _check_size(nodes: list) -> None:
+    """Refuse a tree that writes out to more than MAX_LAYERS tokens or MAX_WIDTH channels, without writing it out."""
+
+    def walk(nodes: list, scale: int) -> int:
+        count = 0
+        for node in nodes:
+            if isinstance(node, _Item):
+                layer = node.layer
+                if layer.kind in ("conv", "local") and layer.channels * scale > MAX_WIDTH:
+                    raise _fail(f"/double makes the channels more than {MAX_WIDTH:,} in", layer.text, layer.position,
+                                f" ({layer.channels} x {scale:,}); use fewer repetitions or fewer channels")
+                count += node.repeat
+            else:
+                doubled = node.double and node.repeat > 1
+                if doubled and node.repeat - 1 > MAX_WIDTH.bit_length():  # 2**(repeat-1) alone is too wide
+                    count += node.repeat * walk(node.items, scale * (1 << (MAX_WIDTH.bit_length())))
+                else:
+                    count += node.repeat * walk(node.items, scale * (2 ** (node.repeat - 1) if doubled else 1))
+            if count > MAX_LAYERS:
+                raise CnnlabError(f"the spec has more than {MAX_LAYERS:,} layers once its repetitions are written out "
+                                  f"(at token {getattr(node, 'position', 0) or node.layer.position}); use fewer or smaller repetitions")
+        return count
+
+    walk(nodes, 1)
 
 
 def _expand(nodes: list, scale: int = 1) -> list[SpecLayer]:

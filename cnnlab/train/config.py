@@ -27,6 +27,13 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 TTA_MODES = ("none", "flip", "shift", "flip-shift")  # test-time augmentation (cnnlab.train.tta)
 DEVICES = ("auto", "cpu", "cuda")
 
+# Upper bounds, so that one option cannot ask for terabytes or a run that never ends (stated in the errors).
+MAX_EPOCHS = 100_000
+MAX_BATCH = 1 << 16  # images in one batch: 65,536 ImageNet images are already 39 GB of fp32 input
+MAX_IMAGE_SIDE = 4096  # pixels; ImageNet models take 224
+MAX_CHECKPOINTS = 1000
+MAX_STEPS = 1 << 40  # --checkpoint-every
+
 # Learning rates that work out of the box: Adam-family steps are normalised per parameter, SGD's are not.
 DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
 # AdamW decouples weight decay from the gradient, so it wants a larger value than SGD's L2 penalty.
@@ -76,7 +83,7 @@ class TrainConfig:
     # ---- resolution ---------------------------------------------------------------------------
     def resolved(self) -> TrainConfig:
         """A copy with `None` defaults filled in and every option checked; raises `CnnlabError`."""
-        c = dataclasses.replace(self, extra=dict(self.extra))
+        c = dataclasses.replace(self, extra=dict(self.extra) if isinstance(self.extra, dict) else self.extra)
         c.optimizer = _choice("optimizer", c.optimizer, OPTIMIZERS)
         c.schedule = _choice("schedule", c.schedule, SCHEDULES)
         c.precision = _choice("precision", c.precision, PRECISIONS)
@@ -86,13 +93,13 @@ class TrainConfig:
             c.lr = DEFAULT_LR[c.optimizer]
         if c.weight_decay is None:
             c.weight_decay = DEFAULT_WEIGHT_DECAY[c.optimizer]
+        _positive_int("epochs", c.epochs, MAX_EPOCHS)  # before the warm-up default is computed from it
         if c.warmup is None:
             c.warmup = 0.3 * c.epochs if c.schedule == "onecycle" else 0.0
-        _positive_int("epochs", c.epochs)
-        _positive_int("batch-size", c.batch_size)
-        _positive_int("eval-batch-size", c.eval_batch_size)
-        _positive_int("eval-every", c.eval_every)
-        _positive_int("keep-checkpoints", c.keep_checkpoints)
+        _positive_int("batch-size", c.batch_size, MAX_BATCH)
+        _positive_int("eval-batch-size", c.eval_batch_size, MAX_BATCH)
+        _positive_int("eval-every", c.eval_every, MAX_EPOCHS)
+        _positive_int("keep-checkpoints", c.keep_checkpoints, MAX_CHECKPOINTS)
         _number("lr", c.lr, low=0.0, low_open=True, hint="try 1e-3 for adam/adamw or 0.05 for sgd")
         _number("weight-decay", c.weight_decay, low=0.0)
         _number("momentum", c.momentum, low=0.0, high=1.0, high_open=True)
@@ -104,13 +111,25 @@ class TrainConfig:
         if c.dropout is not None:
             _number("dropout", c.dropout, low=0.0, high=1.0, high_open=True)
         if c.image_size is not None:
-            _positive_int("image-size", c.image_size)
+            _positive_int("image-size", c.image_size, MAX_IMAGE_SIDE)
         if c.max_steps is not None:
-            _positive_int("max-steps", c.max_steps)
-        if not isinstance(c.checkpoint_every, int) or c.checkpoint_every < 0:
-            raise CnnlabError(f"checkpoint-every must be an integer >= 0 (steps), got {c.checkpoint_every!r}")
-        if not isinstance(c.seed, int) or isinstance(c.seed, bool):
-            raise CnnlabError(f"seed must be an integer, got {c.seed!r}")
+            _positive_int("max-steps", c.max_steps, MAX_STEPS)
+        if not isinstance(c.checkpoint_every, int) or not 0 <= c.checkpoint_every <= MAX_STEPS:
+            raise CnnlabError(f"checkpoint-every must be an integer from 0 to {MAX_STEPS:,} (steps), got {c.checkpoint_every!r}")
+        if not isinstance(c.seed, int) or isinstance(c.seed, bool) or not 0 <= c.seed < 1 << 63:
+            raise CnnlabError(f"seed must be an integer from 0 to 2**63 - 1 (what torch.manual_seed takes), got {c.seed!r}")
+        for label, value in (("model", c.model), ("data", c.data), ("augment", c.augment)):
+            if not isinstance(value, str):
+                raise CnnlabError(f"{label} must be a string, got {value!r} ({type(value).__name__})")
+        for label, value in (("data-dir", c.data_dir), ("out", c.out), ("recipe", c.recipe)):
+            if value is not None and not isinstance(value, str):
+                raise CnnlabError(f"{label} must be a string (a path or name), got {value!r} ({type(value).__name__})")
+        for label, value in (("channels-last", c.channels_last), ("compile", c.compile),
+                             ("monitor-gradients", c.monitor_gradients), ("fuse", c.fuse)):
+            if not isinstance(value, bool):
+                raise CnnlabError(f"{label} must be true or false, got {value!r} ({type(value).__name__})")
+        if not isinstance(c.extra, dict):
+            raise CnnlabError(f"extra (model options) must be a table of KEY = VALUE, got {c.extra!r}")
         if not str(c.model).strip():
             raise CnnlabError("model must be a model name or spec, got an empty string; `cnnlab models` lists names")
         return c
@@ -150,7 +169,27 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise CnnlabError(f"config file '{path}' is not valid TOML: {e}") from None
     if "train" in data and isinstance(data["train"], dict):
         data = {**{k: v for k, v in data.items() if k != "train"}, **data["train"]}
-    return _checked_fields(data, f"config file '{path}'")
+    fields = _checked_fields(data, f"config file '{path}'")
+    _check_types(fields, f"config file '{path}'")
+    return fields
+
+
+# The JSON/TOML types each kind of field annotation accepts (an int is a float too; a bool is no number).
+_TYPES = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,), "dict[str, Any]": (dict,)}
+
+
+def _check_types(fields: dict[str, Any], where: str) -> None:
+    """Refuse a value of the wrong type (`epochs = "5"`, `extra = 3`) in one line naming the file and the option."""
+    annotations = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+    for name, value in fields.items():
+        base = str(annotations[name]).removesuffix(" | None")
+        allowed = _TYPES.get(base)
+        if allowed is None or value is None:
+            continue
+        if isinstance(value, bool) and bool not in allowed or not isinstance(value, allowed):
+            example = {"str": '"text"', "int": "5", "float": "0.5", "bool": "true", "dict[str, Any]": "{ width = 16 }"}[base]
+            raise CnnlabError(f"{where}: '{name}' must be {base.split('[')[0]} (e.g. {name} = {example}), "
+                              f"got {str(value)[:40]!r} ({type(value).__name__})")
 
 
 def merge(*layers: dict[str, Any]) -> TrainConfig:
@@ -160,7 +199,7 @@ def merge(*layers: dict[str, Any]) -> TrainConfig:
         for k, v in layer.items():
             if v is None:
                 continue
-            if k == "extra" and isinstance(merged.get("extra"), dict):
+            if k == "extra" and isinstance(merged.get("extra"), dict) and isinstance(v, dict):
                 v = {**merged["extra"], **v}  # builder options combine: a recipe's width plus a flag's dropout
             merged[k] = v
     return TrainConfig.from_dict(merged)
@@ -174,9 +213,11 @@ def _choice(label: str, value: str, allowed: tuple[str, ...]) -> str:
     return v
 
 
-def _positive_int(label: str, value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise CnnlabError(f"{label} must be a positive integer, got {value!r}")
+def _positive_int(label: str, value: Any, high: int | None = None) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1 or (high is not None and value > high):
+        most = f" of at most {high:,}" if high is not None else ""
+        shown = repr(value) if not isinstance(value, int) or abs(value) < 10**20 else f"a {len(str(abs(value)))}-digit number"
+        raise CnnlabError(f"{label} must be a positive integer{most}, got {shown}")
 
 
 def _number(label, value, *, low=None, high=None, low_open=False, high_open=False, hint="") -> None:

@@ -99,6 +99,8 @@ def evaluate(run: str | Path, data=None, *, which: str = "best", split: str = "t
     `data` is a dataset name or `cnnlab.data.Dataset`; its images are resized to the model's input size
     only through the dataset's own `image_size` option, so the classes and sizes must match the run's.
     """
+    if tta is not None:
+        check_tta(tta)  # before the model and the data are loaded
     run_dir = open_run(run)
     model, card = load_model(run_dir, which)
     image_size = None

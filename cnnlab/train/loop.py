@@ -37,6 +37,7 @@ from cnnlab.core.run import RunDir
 from cnnlab.core.runlock import RunLock
 from cnnlab.errors import CnnlabError
 from cnnlab.layers.fusion import fuse
+from cnnlab.models.downsampling import downsampling_warning
 from cnnlab.train import distributed
 from cnnlab.train.callbacks import Callback
 from cnnlab.train.checkpoint import list_checkpoints, rng_state, set_rng_state
@@ -193,6 +194,8 @@ class Trainer:
         else:
             model = build_model(cfg.model, self.input_size, len(self.classes), options)
         check_model_fits(model, self.input_size, len(self.classes), f"'{cfg.model}'")
+        if self.module is None and (note := downsampling_warning(cfg.model, self.input_size, len(self.classes), options)):
+            self.warn(f"warning: {note}")
         self.model_options = options
         model = fuse(model, inplace=True, kernel=self.precision.device.type == "cpu") if cfg.fuse else model  # same values, faster
 

@@ -62,7 +62,12 @@ def load_model(run: str | Path | RunDir, which: str = "best") -> tuple[nn.Module
     state, card = run_dir.load_weights(which)
     check_finite_weights(state, run_dir.path / f"{which}.safetensors", which)  # a diverged run's weights
     model = build_model(card.model, card.input_size, card.num_classes, card.model_options)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # a tensor of another shape: the card and the weights disagree
+        detail = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), str(e).splitlines()[0])
+        raise CnnlabError(f"weights '{run_dir.path / (which + '.safetensors')}' do not fit model '{card.model}' of "
+                          f"'{which}.json': {detail[:200]}; retrain or restore the files") from None
     if missing or unexpected:
         raise CnnlabError(
             f"weights '{which}' in '{run_dir.path}' do not match model '{card.model}': "
