@@ -36,10 +36,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     check_out(args.out)
-    from cnnlab.core.run import default_run_name  # noqa: PLC0415 - torch only once a command runs: fast --help
-    from cnnlab.train.lr_find import lr_find  # noqa: PLC0415
+    from cnnlab.train.lr_find import default_out, lr_find  # noqa: PLC0415 - torch only once a command runs: fast --help
 
-    out = Path(args.out) if args.out else Path("runs") / default_run_name(f"lr-find-{args.model}", args.data)
+    out = Path(args.out) if args.out else default_out(args.model, args.data)
     result = lr_find(args.model, args.data, start_lr=args.start_lr, end_lr=args.end_lr, steps=args.steps,
                      batch_size=args.batch_size, optimizer=args.optimizer, augment=args.augment,
                      precision=args.precision, device=args.device, seed=args.seed, data_dir=args.data_dir,

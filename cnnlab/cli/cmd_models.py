@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from cnnlab.inspect import format_models, model_stats  # torch is imported when model_stats() runs
-
 ORDER = 5
 
 
@@ -24,6 +22,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cnnlab.inspect import format_models, model_stats  # noqa: PLC0415 - torch only once a command runs: fast --help
+
     stats = model_stats(args.pattern)
     print(json.dumps(stats, indent=2) if args.json else format_models(stats))
     return 0

@@ -7,7 +7,6 @@ import json
 import re
 
 from cnnlab.errors import CnnlabError
-from cnnlab.inspect import summary  # cnnlab.inspect imports torch only when summary() runs
 
 ORDER = 10
 
@@ -44,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
     size = parse_size(args.input) if args.input is not None else None
     if args.num_classes is not None and args.num_classes < 1:
         raise CnnlabError(f"--num-classes must be a positive integer, got {args.num_classes}")
+    from cnnlab.inspect import summary  # noqa: PLC0415 - torch only once a command runs: fast --help
+
     result = summary(args.model, size, num_classes=args.num_classes)
     print(json.dumps(result.to_dict(), indent=2) if args.json else result)
     return 0

@@ -29,7 +29,7 @@ from cnnlab.core.figures import plot_confusion, plot_curves
 from cnnlab.core.files import atomic_write_text
 from cnnlab.core.run import open_run
 from cnnlab.errors import CnnlabError, positive_int
-from cnnlab.inspect.summary import summary
+from cnnlab.inspect.layer_summary import summary
 from cnnlab.inspect.visual import draw, maps
 from cnnlab.inspect.visual.show import run_split
 from cnnlab.train.monitor import read_gradient_records

@@ -21,6 +21,7 @@ from torch import nn
 
 from cnnlab.core.figures import save_figure, subplots
 from cnnlab.core.files import atomic_write_json
+from cnnlab.core.run import default_run_name
 from cnnlab.errors import CnnlabError
 from cnnlab.train.callbacks import Callback
 from cnnlab.train.config import TrainConfig
@@ -80,6 +81,11 @@ def suggest(lrs: list[float], losses: list[float]) -> tuple[float, float]:
     slopes = [(losses[i + 1] - losses[i - 1]) / (logs[i + 1] - logs[i - 1]) for i in range(1, i_min)]
     i_steep = 1 + min(range(len(slopes)), key=slopes.__getitem__)
     return lrs[i_steep], lrs[i_min]
+
+
+def default_out(model: str, data: str) -> Path:
+    """Where `cnnlab lr-find` writes without --out: runs/lr-find-<model>-<data>-<time>, like a run folder."""
+    return Path("runs") / default_run_name(f"lr-find-{model}", str(data))
 
 
 def lr_find(model: str | nn.Module = "simple_cnn", data: Any = "fashion-mnist", *, start_lr: float = 1e-7,
