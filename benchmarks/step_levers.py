@@ -25,7 +25,7 @@ from cnnlab.layers import FlattenKeepLayout, ReLUMaxPool2x2, fuse
 from cnnlab.layers._native import status as kernel_status
 from cnnlab.models import create_model
 from cnnlab.runtime import tune_allocator
-from cnnlab.train.precision import resolve_precision
+from cnnlab.training.precision import resolve_precision
 
 
 def _swap(model: nn.Module, kind: type, make) -> None:

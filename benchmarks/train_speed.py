@@ -37,7 +37,7 @@ THRESHOLDS = (0.90, 0.92, 0.93, 0.94)
 def machine() -> str:
     from cnnlab.layers._native import library
     from cnnlab.layers._native import status as kernel_status
-    from cnnlab.train.precision import cpu_supports_bf16
+    from cnnlab.training.precision import cpu_supports_bf16
 
     library()  # builds (once) and loads the C kernel, as the cnnlab runs below do through cnnlab.fuse
     cpu = platform.processor() or platform.machine()
@@ -56,7 +56,7 @@ def machine() -> str:
 # ---- (a) cnnlab --------------------------------------------------------------------------------
 def run_cnnlab(epochs: int, out: str, **options) -> list[dict]:
     """Per-epoch records from cnnlab.train, with `wall` = seconds since the call began."""
-    from cnnlab.train import Callback, train
+    from cnnlab.training import Callback, train
 
     start = time.perf_counter()
 
@@ -257,7 +257,7 @@ def _positive(text: str) -> int:
 
 
 def _recipe(name: str) -> dict:
-    from cnnlab.train.recipes import recipe_options
+    from cnnlab.training.recipes import recipe_options
 
     return recipe_options(name)
 

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 from cnnlab.core.files import atomic_write_text
-from cnnlab.train import train
-from cnnlab.transfer import transfer
+from cnnlab.training import train
+from cnnlab.transfer_learning import transfer
 
 
 def main() -> None:

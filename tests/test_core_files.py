@@ -18,7 +18,7 @@ import cnnlab.core.files as files
 from cnnlab.core.files import atomic_path, atomic_write, atomic_write_json, atomic_write_text
 from cnnlab.core.run import ModelCard, RunDir
 from cnnlab.models import create_model
-from cnnlab.train.export import export
+from cnnlab.training.export import export
 
 posix = pytest.mark.skipif(sys.platform.startswith("win"), reason="symlinks and umask are POSIX")
 

@@ -20,8 +20,8 @@ from conftest import run_cli
 from cnnlab.core.runlock import LOCK_NAME, lock_run_dir
 from cnnlab.core.weights import load_safetensors
 from cnnlab.errors import CnnlabError
-from cnnlab.train import Callback, NonFiniteLossError, train
-from cnnlab.train.checkpoint import list_checkpoints
+from cnnlab.training import Callback, NonFiniteLossError, train
+from cnnlab.training.checkpoint import list_checkpoints
 
 # 1437 training images of 8x8, batch 64 -> 22 steps per epoch; a checkpoint only at the end of each epoch
 OPTS = dict(model="simple_cnn", data="digits", batch_size=64, lr=3e-3, augment="flip", seed=3)
@@ -57,7 +57,7 @@ PRELUDE = textwrap.dedent(
     """
     import os, signal, sys, time
     from pathlib import Path
-    from cnnlab.train import Callback, train
+    from cnnlab.training import Callback, train
     OPTS = __OPTS__
     class At(Callback):
         def __init__(self, epoch, step, do):

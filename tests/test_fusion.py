@@ -220,8 +220,8 @@ class _ToFloat(nn.Module):
 def test_feature_extraction_at_a_fused_relu_still_reads_the_relu():
     """A cut at the ReLU of a pair (read by a forward hook) keeps that pair unfused: the features are the
     ReLU's output, not the convolution's."""
-    from cnnlab.transfer.backbone import Truncated
-    from cnnlab.transfer.features import extract
+    from cnnlab.transfer_learning.backbone import Truncated
+    from cnnlab.transfer_learning.features import extract
 
     model = _tied(create_model("simple_cnn")).eval()
     images = torch.randint(0, 256, (6, 1, 28, 28), dtype=torch.uint8)

@@ -14,7 +14,7 @@ from torch import nn
 
 from cnnlab.inspect.gradients import gradient_lab
 from cnnlab.models import resolve_model
-from cnnlab.train.monitor import GradientMonitor, gradient_norms, gradient_warnings
+from cnnlab.training.monitor import GradientMonitor, gradient_norms, gradient_warnings
 
 
 def _small_net() -> nn.Module:
@@ -73,8 +73,8 @@ def test_non_finite_warning_and_monitor_records():
 def test_warnings_go_on_their_own_line_above_the_progress_bar():
     import io
 
-    from cnnlab.train import TrainConfig, Trainer
-    from cnnlab.train.progress import ProgressBar
+    from cnnlab.training import TrainConfig, Trainer
+    from cnnlab.training.progress import ProgressBar
 
     class Terminal(io.StringIO):
         def isatty(self):

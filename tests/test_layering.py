@@ -31,11 +31,11 @@ LEVELS = {
     "__main__": 7,
     "cli": 6,
     "experiments": 5,
-    "transfer": 4, "inspect": 4,
-    "train": 3,
+    "transfer_learning": 4, "inspect": 4,
+    "training": 3,
     "augment": 2, "models": 2,
     "data": 1, "layers": 1,
-    "core": 0, "runtime": 0, "_callable": 0,
+    "core": 0, "runtime": 0,
 }
 ANYWHERE = {"errors", "version"}
 MAX_FUNCTION_LEVEL_IMPORTS = 25  # issue 14: "fewer than 25 function-level cnnlab imports" (143 before)
@@ -137,11 +137,11 @@ def test_function_level_imports_are_few():
     ("from cnnlab.inspect.gradients import GradientMonitor\n", ["cnnlab.inspect.gradients"]),
     ("def f():\n    from cnnlab.cli import main\n", ["cnnlab.cli"]),
     ("from cnnlab import experiments\n", ["cnnlab.experiments"]),
-    ("from . import loop\n", ["cnnlab.train.loop"]),
+    ("from . import loop\n", ["cnnlab.training.loop"]),
 ])
 def test_the_parser_sees_every_kind_of_import(tmp_path, monkeypatch, source, expected):
     # the check is only as good as the parser: each form of import is found (and a nested one is marked)
-    folder = tmp_path / "cnnlab" / "train"
+    folder = tmp_path / "cnnlab" / "training"
     folder.mkdir(parents=True)
     (folder / "__init__.py").write_text("")
     (folder / "probe.py").write_text(source)

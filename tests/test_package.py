@@ -14,12 +14,13 @@ def test_every_export_resolves():
 
 
 def test_train_and_transfer_stay_callable_after_their_packages_are_imported():
-    # In a fresh interpreter: importing the sub-packages first binds cnnlab.train / cnnlab.transfer to
-    # the packages, which must still call the functions (a TypeError "module is not callable" otherwise).
+    # In a fresh interpreter: the packages (cnnlab.training, cnnlab.transfer_learning) are named apart from
+    # the functions, so importing them first leaves cnnlab.train / cnnlab.transfer the functions (a package
+    # of the function's name would rebind the attribute: TypeError "module is not callable").
     code = (
-        "import cnnlab.train.loop, cnnlab.transfer.freeze, cnnlab\n"
-        "from cnnlab.train.api import train\n"
-        "from cnnlab.transfer.api import transfer\n"
+        "import cnnlab.training.loop, cnnlab.transfer_learning.freeze, cnnlab\n"
+        "from cnnlab.training.api import train\n"
+        "from cnnlab.transfer_learning.api import transfer\n"
         "try:\n"
         "    cnnlab.train(model='simple_cnn', data='digits', epochs=0)\n"
         "except cnnlab.CnnlabError as e:\n"

@@ -6,7 +6,7 @@ from cli_batch import write_run
 from PIL import Image
 
 from cnnlab.cli.main import main
-from cnnlab.train.predict import predict
+from cnnlab.training.predict import predict
 
 
 def test_conversion_and_polarity_are_reported(tmp_path, capsys):

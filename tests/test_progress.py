@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 
-from cnnlab.train.progress import ProgressBar, format_seconds, in_notebook
+from cnnlab.training.progress import ProgressBar, format_seconds, in_notebook
 
 
 class Terminal(io.StringIO):

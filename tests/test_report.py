@@ -1,7 +1,7 @@
 """`cnnlab report`: one self-contained HTML file that renders in headless Chromium.
 
 Run on the same tiny digits run as test_show.py (trained once per session). The accuracy the page
-reports is checked against `cnnlab.train.evaluate` in fp32, the gradient table against numbers written
+reports is checked against `cnnlab.training.evaluate` in fp32, the gradient table against numbers written
 by the test, and self-containment by parsing every src/href of the page.
 """
 
@@ -68,7 +68,7 @@ def test_report_is_one_self_contained_file(run, report):
 
 
 def test_report_accuracy_matches_an_independent_evaluation(run, report):
-    from cnnlab.train.evaluate import evaluate  # noqa: PLC0415
+    from cnnlab.training.evaluate import evaluate  # noqa: PLC0415
 
     _, page, _ = report
     result = evaluate(run, precision="fp32", device="cpu")

@@ -2,7 +2,7 @@
 
 Truth comes from outside the code under test: the kernels' known count and signs, a direct
 `torch.autograd` gradient, `F.conv2d` for a feature map, Zhou et al.'s CAM for Grad-CAM on a
-GAP + linear head, and `cnnlab.train.predict.predict_tensor` for which test images are wrong.
+GAP + linear head, and `cnnlab.training.predict.predict_tensor` for which test images are wrong.
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ def test_kernel_grid_counts_and_signs(in_channels):
 
 # ---- feature maps ----------------------------------------------------------------------------------
 def test_features_match_a_direct_convolution(run, image, tmp_path):
-    from cnnlab.train.run import load_model  # noqa: PLC0415
+    from cnnlab.training.run import load_model  # noqa: PLC0415
 
     shown = show_features(run, image, layers=["features.0", "features.1"], out=tmp_path / "m.png", per_layer=4)
     assert_picture(shown.path)
@@ -143,7 +143,7 @@ def test_features_unknown_layer_suggests(run, image):
 
 # ---- saliency --------------------------------------------------------------------------------------
 def test_gradient_saliency_matches_autograd(run, image, tmp_path):
-    from cnnlab.train.run import load_model  # noqa: PLC0415
+    from cnnlab.training.run import load_model  # noqa: PLC0415
 
     shown = show_saliency(run, image, method="gradient", out=tmp_path / "s.png")
     assert_picture(shown.path)
@@ -193,8 +193,8 @@ def test_saliency_rejects_unknown_method(run, image):
 # ---- errors ----------------------------------------------------------------------------------------
 def test_errors_are_the_most_confident_mistakes(run, tmp_path):
     from cnnlab.data import load_dataset  # noqa: PLC0415
-    from cnnlab.train.predict import predict_tensor  # noqa: PLC0415
-    from cnnlab.train.run import load_model  # noqa: PLC0415
+    from cnnlab.training.predict import predict_tensor  # noqa: PLC0415
+    from cnnlab.training.run import load_model  # noqa: PLC0415
 
     shown = show_errors(run, count=6, out=tmp_path / "e.png")
     assert_picture(shown.path)

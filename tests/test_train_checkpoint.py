@@ -10,7 +10,7 @@ import torch
 
 from cnnlab.core import files, weights
 from cnnlab.errors import CnnlabError
-from cnnlab.train import checkpoint as ck
+from cnnlab.training import checkpoint as ck
 
 
 def test_atomic_write_failure_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):

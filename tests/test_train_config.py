@@ -11,10 +11,10 @@ from conftest import run_cli
 
 from cnnlab.errors import CnnlabError
 from cnnlab.models import resolve_model
-from cnnlab.train import TrainConfig, resolve_config
-from cnnlab.train.optim import build_optimizer, build_schedule
-from cnnlab.train.precision import cpu_supports_bf16, resolve_precision
-from cnnlab.train.recipes import RECIPES
+from cnnlab.training import TrainConfig, resolve_config
+from cnnlab.training.optim import build_optimizer, build_schedule
+from cnnlab.training.precision import cpu_supports_bf16, resolve_precision
+from cnnlab.training.recipes import RECIPES
 
 
 @pytest.mark.parametrize(
@@ -154,7 +154,7 @@ def test_cli_refuses_spec_too_deep_for_the_images(tmp_path):
     ],
 )
 def test_module_that_does_not_fit_the_data_is_refused(tmp_path, module, needle):
-    from cnnlab.train import train
+    from cnnlab.training import train
 
     with pytest.raises(CnnlabError, match=re.escape(needle)):
         train(module, "digits", epochs=1, out=str(tmp_path / "run"), verbose=False)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from cnnlab.core.weights import load_safetensors
-from cnnlab.train import train
+from cnnlab.training import train
 
 # fp32 and no augmentation: two half-batches averaged by DDP are then the same gradient as one batch
 OPTS = dict(model="simple_cnn", data="digits", epochs=3, batch_size=64, lr=3e-3, precision="fp32", augment="none", seed=5)
@@ -21,7 +21,7 @@ OPTS = dict(model="simple_cnn", data="digits", epochs=3, batch_size=64, lr=3e-3,
 WORKER = textwrap.dedent(
     """
     import os, sys, torch
-    from cnnlab.train import Callback, train
+    from cnnlab.training import Callback, train
     OPTS, out, fail = %r, sys.argv[1], sys.argv[2] == "fail"
     rank, attempt = int(os.environ["RANK"]), int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
 

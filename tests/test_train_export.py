@@ -17,10 +17,10 @@ from torch import nn
 from cnnlab.core.run import open_run
 from cnnlab.data import load_dataset
 from cnnlab.errors import CnnlabError
-from cnnlab.train import train
-from cnnlab.train.export import Normalized, export, exportable, read_export_info
-from cnnlab.train.predict import predict
-from cnnlab.train.run import load_model
+from cnnlab.training import train
+from cnnlab.training.export import Normalized, export, exportable, read_export_info
+from cnnlab.training.predict import predict
+from cnnlab.training.run import load_model
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +145,7 @@ class _TracedDiffers(nn.Module):
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # the frozen branch is the point
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_export_that_differs_from_pytorch_is_refused(run_dir, tmp_path, monkeypatch, fmt):
-    export_module = importlib.import_module("cnnlab.train.export")  # `cnnlab.train.export` is also the function
+    export_module = importlib.import_module("cnnlab.training.export")  # `cnnlab.training.export` is also the function
     if fmt == "onnx":
         pytest.importorskip("onnxruntime")
     _, card = exportable(run_dir)
@@ -190,7 +190,7 @@ def _poisoned_run(run_dir: Path, tmp_path: Path) -> tuple[Path, str]:
 
 
 def test_non_finite_weights_are_refused_in_python(run_dir, tmp_path):
-    from cnnlab.train.evaluate import evaluate  # noqa: PLC0415
+    from cnnlab.training.evaluate import evaluate  # noqa: PLC0415
 
     bad, first = _poisoned_run(run_dir, tmp_path)
     img = tmp_path / "d.png"

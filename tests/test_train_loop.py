@@ -15,8 +15,8 @@ from conftest import run_cli
 from cnnlab.core.weights import load_safetensors
 from cnnlab.data import load_dataset
 from cnnlab.models import create_model
-from cnnlab.train import Callback, NonFiniteLossError, train
-from cnnlab.train.checkpoint import list_checkpoints
+from cnnlab.training import Callback, NonFiniteLossError, train
+from cnnlab.training.checkpoint import list_checkpoints
 
 # Small and quick: 1437 training images of 8x8, batch 64 -> 22 steps per epoch.
 OPTS = dict(model="simple_cnn", data="digits", batch_size=64, lr=3e-3, augment="flip", seed=3)
@@ -79,8 +79,8 @@ def test_flip_tta_averages_the_probabilities_of_image_and_mirror():
     from torch import nn
 
     from cnnlab.core.preprocess import Preprocess
-    from cnnlab.train.evaluate import evaluate_split
-    from cnnlab.train.precision import resolve_precision
+    from cnnlab.training.evaluate import evaluate_split
+    from cnnlab.training.precision import resolve_precision
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
@@ -107,8 +107,8 @@ def test_shift_tta_averages_the_probabilities_of_the_shifted_views(mode, views):
     from torch import nn
 
     from cnnlab.core.preprocess import Preprocess
-    from cnnlab.train.evaluate import evaluate_split
-    from cnnlab.train.precision import resolve_precision
+    from cnnlab.training.evaluate import evaluate_split
+    from cnnlab.training.precision import resolve_precision
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
@@ -144,7 +144,7 @@ def test_eval_every_skips_epochs_but_always_evaluates_the_last(tmp_path, capsys)
 
 
 def test_eval_takes_tta_from_the_run_unless_told(reference_run):
-    from cnnlab.train.evaluate import evaluate
+    from cnnlab.training.evaluate import evaluate
 
     out, result = reference_run
     best = max(r["test_accuracy"] for r in result.history)  # best.safetensors: the best epoch, trained without tta
@@ -159,7 +159,7 @@ def _script(body: str) -> str:
     return textwrap.dedent(
         """
         import os, signal, sys
-        from cnnlab.train import Callback, train
+        from cnnlab.training import Callback, train
         OPTS = __OPTS__
         class Stop(Callback):
             def __init__(self, epoch, step, sig):
@@ -193,7 +193,7 @@ def test_sigterm_checkpoints_then_resume_equals_uninterrupted(reference_run, tmp
     ref, _ = reference_run
     out = tmp_path / "run"
     code = _script("""
-        from cnnlab.train import TrainingInterrupted
+        from cnnlab.training import TrainingInterrupted
         try:
             train(**OPTS, epochs=3, out=sys.argv[1], verbose=False, callbacks=[Stop(2, 4, signal.SIGTERM)])
         except TrainingInterrupted as e:
@@ -264,7 +264,7 @@ def test_existing_run_directory_is_not_overwritten(reference_run):
 
 @pytest.mark.slow
 def test_bf16_accuracy_matches_fp32_within_noise(tmp_path):
-    from cnnlab.train.precision import cpu_supports_bf16
+    from cnnlab.training.precision import cpu_supports_bf16
 
     if not cpu_supports_bf16():
         pytest.skip("this CPU has no native bf16")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from cnnlab.train.lr_find import lr_find, suggest
+from cnnlab.training.lr_find import lr_find, suggest
 
 
 def test_suggestion_is_the_steepest_descent_before_the_minimum():

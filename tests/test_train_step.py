@@ -21,9 +21,9 @@ from torch import nn
 
 from cnnlab.data import load_dataset
 from cnnlab.data.dataset import in_memory_dataset
-from cnnlab.train import Callback, TrainConfig, Trainer, TrainStep, train
-from cnnlab.train.precision import resolve_precision
-from cnnlab.train.step import NonFiniteLossError
+from cnnlab.training import Callback, TrainConfig, Trainer, TrainStep, train
+from cnnlab.training.precision import resolve_precision
+from cnnlab.training.step import NonFiniteLossError
 
 
 def _files(folder: Path) -> list[str]:
@@ -66,8 +66,8 @@ def test_step_refuses_a_non_finite_loss_before_touching_the_weights():
 def test_fine_tuning_applies_label_smoothing():
     """`transfer.finetune.fit` trains through the Trainer: one full-batch step on the whole set records the
     loss of the untrained model, which must equal smoothed cross-entropy computed independently."""
-    from cnnlab.transfer.adapt import InputAdapter
-    from cnnlab.transfer.finetune import Classifier, fit
+    from cnnlab.transfer_learning.adapt import InputAdapter
+    from cnnlab.transfer_learning.finetune import Classifier, fit
 
     torch.manual_seed(0)
     body = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())

@@ -19,11 +19,11 @@ from torch import nn
 from cnnlab.data.dataset import in_memory_dataset
 from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model
-from cnnlab.transfer import freeze, is_frozen, unfreeze
-from cnnlab.transfer.adapt import InputAdapter
-from cnnlab.transfer.backbone import Truncated, check_layer, load_backbone, weights_digest
-from cnnlab.transfer.features import cached_features
-from cnnlab.transfer.finetune import Classifier, fit
+from cnnlab.transfer_learning import freeze, is_frozen, unfreeze
+from cnnlab.transfer_learning.adapt import InputAdapter
+from cnnlab.transfer_learning.backbone import Truncated, check_layer, load_backbone, weights_digest
+from cnnlab.transfer_learning.features import cached_features
+from cnnlab.transfer_learning.finetune import Classifier, fit
 
 
 def _state(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -240,7 +240,7 @@ def test_grayscale_into_rgb_backbone_is_adapted_and_reported():
 
 def test_transfer_gray_data_into_rgb_backbone_end_to_end(tmp_path):
     from cnnlab.data.dataset import in_memory_dataset
-    from cnnlab.transfer import transfer
+    from cnnlab.transfer_learning import transfer
 
     g = torch.Generator().manual_seed(0)
     labels = torch.arange(40) % 2
@@ -294,7 +294,7 @@ def test_feature_cache_hit_and_invalidation(tmp_path):
 def test_span_projection_gives_sklearns_full_solution():
     from sklearn.linear_model import LogisticRegression
 
-    from cnnlab.transfer.heads import fit_head
+    from cnnlab.transfer_learning.heads import fit_head
 
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(30, 200, generator=g), torch.arange(30) % 3
@@ -318,7 +318,7 @@ def test_cross_validation_prepares_each_fold_with_its_own_training_part():
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from cnnlab.transfer.heads import C_GRID, cv_scores, fit_head
+    from cnnlab.transfer_learning.heads import C_GRID, cv_scores, fit_head
 
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(90, 12, generator=g, dtype=torch.float64).float(), torch.arange(90) % 3
@@ -335,7 +335,7 @@ def test_cross_validation_prepares_each_fold_with_its_own_training_part():
 
 @pytest.mark.parametrize("name", ["vgg_like", "resnet18"])
 def test_stage_param_groups_cover_every_parameter_once(name):
-    from cnnlab.transfer.finetune import stage_param_groups
+    from cnnlab.transfer_learning.finetune import stage_param_groups
 
     model = create_model(name)
     head = nn.Linear(3, 2)

@@ -31,7 +31,7 @@ def _say_fallback(reason: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_out(args.out, folder=True)
-    from cnnlab.train.demo import demo  # noqa: PLC0415 - torch only once a command runs: fast --help
+    from cnnlab.training.demo import demo  # noqa: PLC0415 - torch only once a command runs: fast --help
 
     d = demo(epochs=args.epochs, out=args.out, data_dir=args.data_dir, on_fallback=_say_fallback)
     last = d.result.history[-1]

@@ -23,7 +23,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cnnlab.train.evaluate import evaluate  # noqa: PLC0415 - torch only once a command runs: fast --help
+    from cnnlab.training.evaluate import evaluate  # noqa: PLC0415 - torch only once a command runs: fast --help
 
     result = evaluate(args.run, args.data, which=args.weights, split=args.split, data_dir=args.data_dir,
                       device=args.device, tta=args.tta)

@@ -23,7 +23,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     check_out(args.out)
-    from cnnlab.train.export import export, read_export_info  # noqa: PLC0415 - torch only once a command runs: fast --help
+    from cnnlab.training.export import export, read_export_info  # noqa: PLC0415 - torch only once a command runs: fast --help
 
     path = export(args.run, args.format, args.out, which=args.weights, opset=args.opset)
     print(f"wrote {path} (input: float32 images (N, C, H, W) in [0, 1]; output: logits) and {path}.json")

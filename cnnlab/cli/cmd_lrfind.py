@@ -36,7 +36,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     check_out(args.out)
-    from cnnlab.train.lr_find import default_out, lr_find  # noqa: PLC0415 - torch only once a command runs: fast --help
+    from cnnlab.training.lr_find import default_out, lr_find  # noqa: PLC0415 - torch only once a command runs: fast --help
 
     out = Path(args.out) if args.out else default_out(args.model, args.data)
     result = lr_find(args.model, args.data, start_lr=args.start_lr, end_lr=args.end_lr, steps=args.steps,

@@ -24,7 +24,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cnnlab.train.predict import predict  # noqa: PLC0415 - torch only once a command runs: fast --help
+    from cnnlab.training.predict import predict  # noqa: PLC0415 - torch only once a command runs: fast --help
 
     for prediction in predict(args.run, args.images, top_k=args.top_k, which=args.weights, tta=args.tta):
         print(f"{prediction.image}: {prediction.converted}")

@@ -1,4 +1,4 @@
-"""`cnnlab train`: train a model on a dataset and write a run directory (calls `cnnlab.train.train`)."""
+"""`cnnlab train`: train a model on a dataset and write a run directory (calls `cnnlab.training.train`)."""
 
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ OPTION_NAMES = ("model", "data", "data_dir", "image_size", "val_fraction", "epoc
 def run(args: argparse.Namespace) -> int:
     if not args.resume:
         check_out(args.out, folder=True)
-    from cnnlab.train import (  # noqa: PLC0415 - torch only once a command runs: fast --help
+    from cnnlab.training import (  # noqa: PLC0415 - torch only once a command runs: fast --help
         NonFiniteLossError,
         TrainingInterrupted,
         distributed,

@@ -53,7 +53,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     check_out(args.out, folder=True)
-    from cnnlab.transfer.api import probe, transfer  # noqa: PLC0415 - torch only once a command runs: fast --help
+    from cnnlab.transfer_learning.api import probe, transfer  # noqa: PLC0415 - torch only once a command runs: fast --help
 
     common = dict(train_per_class=args.train_per_class, out=args.out, seed=args.seed, image_size=args.image_size,
                   cache_dir=args.cache_dir, device=args.device, precision=args.precision, data_dir=args.data_dir)

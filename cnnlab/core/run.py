@@ -1,6 +1,6 @@
 """The run directory: everything a finished (or interrupted) training run leaves behind.
 
-Models are built in `cnnlab.train.run` (`load_model`); this module only reads and writes the files.
+Models are built in `cnnlab.training.run` (`load_model`); this module only reads and writes the files.
 
     RUN/
       config.json          resolved options, seed, versions, device: enough to reproduce the run
@@ -197,7 +197,7 @@ class RunDir:
 
     def load_weights(self, which: str = "best") -> tuple[dict[str, torch.Tensor], ModelCard]:
         """The state dict of `which.safetensors` (CPU) and the card `which.json` that describes it.
-        Rebuilding the model from the card is `cnnlab.train.run.load_model`'s job (core has no models)."""
+        Rebuilding the model from the card is `cnnlab.training.run.load_model`'s job (core has no models)."""
         card = self.card(which)
         return load_safetensors(self.path / f"{which}.safetensors"), card
 

@@ -12,9 +12,9 @@ from cnnlab.data.dataset import Dataset, in_memory_dataset
 from cnnlab.data.memory import stratified_sample as stratified_indices  # the experiments' name for it
 from cnnlab.errors import CnnlabError
 from cnnlab.experiments._base import ExperimentContext
-from cnnlab.train import Callback, TrainConfig, Trainer, TrainResult
-from cnnlab.train.evaluate import evaluate_split
-from cnnlab.train.precision import resolve_precision
+from cnnlab.training import Callback, TrainConfig, Trainer, TrainResult
+from cnnlab.training.evaluate import evaluate_split
+from cnnlab.training.precision import resolve_precision
 
 
 def subset_dataset(ds, train_idx, test_idx):

@@ -29,7 +29,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.experiments._base import ExperimentContext, Outcome, register_experiment
 from cnnlab.experiments._common import fit
 from cnnlab.models import resolve_model
-from cnnlab.transfer.freeze import freeze
+from cnnlab.transfer_learning.freeze import freeze
 
 # L = 5 weight layers; n runs over 1..4 (the classifier is always new, as the paper's fc8).
 # Strided convolutions instead of pooling keep every layer a weight layer ("all-conv", Springenberg 2015).
@@ -210,7 +210,7 @@ def run(ctx: ExperimentContext) -> Outcome:
         f"weight layers copied; the classifier is always new.",
         f"Each net: {size.per_class} train images per class, {size.epochs} epochs, AdamW lr {size.lr:g} one-cycle, "
         f"batch {size.batch_size}; tested on {len(data_b.test)} test images of B. Frozen = requires_grad off "
-        "(`cnnlab.transfer.freeze`).",
+        "(`cnnlab.transfer_learning.freeze`).",
         "One seed per cell: differences below about one point are within seed-to-seed noise.",
     ]
     return Outcome(

@@ -8,7 +8,7 @@ the same depth and receptive field and differ only in sharing; the dense net has
 hidden layers and the classifier) and sees the whole image in its first layer.
 
 This module also holds the small helpers the other experiments of this family share (`subsample`,
-`fit`, from `_common`): they train through `cnnlab.train`'s `Trainer` in memory, writing no files.
+`fit`, from `_common`): they train through `cnnlab.training`'s `Trainer` in memory, writing no files.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """Per-layer gradient norms: the vanishing/exploding-gradient lab, on top of the training monitor.
 
-The norms, their warnings and the training callback `GradientMonitor` live in `cnnlab.train.monitor`
+The norms, their warnings and the training callback `GradientMonitor` live in `cnnlab.training.monitor`
 (the Trainer uses them for `--monitor-gradients`) and are re-exported here:
 
 - `gradient_norms(model)`, `gradient_warnings(norms)`, `GradientMonitor`, `read_gradient_records`,
-  `plot_gradient_records` (see `cnnlab.train.monitor`).
+  `plot_gradient_records` (see `cnnlab.training.monitor`).
 - `gradient_lab(models, data, steps)`: trains each model for `steps` steps on the same batches (the
   Trainer, in memory, with a per-step gradient-monitor callback) and records the per-layer norms and
   the loss at every step (`cnnlab gradients`, `cnnlab experiment gradients`). The host reads the
@@ -28,10 +28,10 @@ from cnnlab.core.files import atomic_write_json, atomic_write_text
 from cnnlab.data import load_dataset
 from cnnlab.errors import CnnlabError, positive_int
 from cnnlab.models import resolve_model
-from cnnlab.train.callbacks import Callback
-from cnnlab.train.config import TrainConfig
-from cnnlab.train.loop import Trainer
-from cnnlab.train.monitor import (  # noqa: F401 - re-exported: the inspect-side names of the monitor
+from cnnlab.training.callbacks import Callback
+from cnnlab.training.config import TrainConfig
+from cnnlab.training.loop import Trainer
+from cnnlab.training.monitor import (  # noqa: F401 - re-exported: the inspect-side names of the monitor
     VANISH_RATIO,
     GradientMonitor,
     gradient_norms,
@@ -43,7 +43,7 @@ from cnnlab.train.monitor import (  # noqa: F401 - re-exported: the inspect-side
     read_gradient_records,
     weight_layers,
 )
-from cnnlab.train.step import NonFiniteLossError
+from cnnlab.training.step import NonFiniteLossError
 
 LAB_FORMAT = "cnnlab-gradients-1"
 

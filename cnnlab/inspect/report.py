@@ -32,8 +32,8 @@ from cnnlab.errors import CnnlabError, positive_int
 from cnnlab.inspect.layer_summary import summary
 from cnnlab.inspect.visual import draw, maps
 from cnnlab.inspect.visual.show import run_split
-from cnnlab.train.monitor import read_gradient_records
-from cnnlab.train.run import load_model
+from cnnlab.training.monitor import read_gradient_records
+from cnnlab.training.run import load_model
 from cnnlab.version import __version__
 
 NOT_RECORDED = "not recorded (train with --monitor-gradients)"

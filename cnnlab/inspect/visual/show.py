@@ -5,7 +5,7 @@
     show_saliency(run, image, method)      which pixels drove the prediction (gradient or Grad-CAM)
     show_errors(run)                       the most confidently misclassified test images
 
-Images are read and converted exactly as `cnnlab predict` reads them (`cnnlab.train.predict.load_image`:
+Images are read and converted exactly as `cnnlab predict` reads them (`cnnlab.training.predict.load_image`:
 the run's channels and size, then its mean and std). The PNG goes to `out`, or to RUN/show/<what>.png.
 The model is rebuilt on the CPU in float32: these pictures are about one image or one pass, not speed.
 """
@@ -23,9 +23,9 @@ from cnnlab.core.preprocess import Preprocess
 from cnnlab.core.run import open_run
 from cnnlab.errors import CnnlabError, positive_int
 from cnnlab.inspect.visual import draw, maps
-from cnnlab.train.inputs import load_data
-from cnnlab.train.predict import load_image
-from cnnlab.train.run import load_model
+from cnnlab.training.inputs import load_data
+from cnnlab.training.predict import load_image
+from cnnlab.training.run import load_model
 
 METHODS = ("gradient", "gradcam")
 

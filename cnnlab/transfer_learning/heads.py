@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError
-from cnnlab.train.precision import resolve_precision
-from cnnlab.train.step import TrainStep
+from cnnlab.training.precision import resolve_precision
+from cnnlab.training.step import TrainStep
 
 HEADS = ("logreg", "svm", "linear", "mlp")
 C_GRID = (1e-3, 1e-2, 1e-1, 1.0)  # sklearn's C: inverse L2 strength, per sample sum

@@ -6,7 +6,7 @@ counts on the device: one host synchronisation per evaluation, not per batch.
 
 Test-time augmentation (`tta="flip"`, `"shift"`, `"flip-shift"`): each image is classified in several
 views (its mirror image, one-pixel shifts) and the softmax distributions are averaged; see
-`cnnlab.train.tta`. A model trained with flips and shifts gains from it; flips are wrong for digits and text.
+`cnnlab.training.tta`. A model trained with flips and shifts gains from it; flips are wrong for digits and text.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from cnnlab.core.preprocess import Preprocess
 from cnnlab.core.run import open_run
 from cnnlab.errors import CnnlabError
 from cnnlab.layers.fusion import fuse
-from cnnlab.train.inputs import load_data
-from cnnlab.train.precision import Precision, resolve_precision
-from cnnlab.train.run import load_model
-from cnnlab.train.tta import check_tta, tta_log_probs
+from cnnlab.training.inputs import load_data
+from cnnlab.training.precision import Precision, resolve_precision
+from cnnlab.training.run import load_model
+from cnnlab.training.tta import check_tta, tta_log_probs
 
 
 @dataclass
@@ -70,7 +70,7 @@ def evaluate_split(model: nn.Module, split, prep: Preprocess, precision: Precisi
                    classes: list[str] | None = None, batch_size: int = 256, tta: str = "none") -> EvalResult:
     """Evaluate `model` (already on `precision.device`) on every image of `split`; with a `tta` mode
     other than "none" on the mean of the softmax over the views of each image (N, C, H, W), the loss then
-    being the negative log of that mean probability of the true class (`cnnlab.train.tta`)."""
+    being the negative log of that mean probability of the true class (`cnnlab.training.tta`)."""
     check_tta(tta)
     was_training = model.training
     model.eval()
@@ -94,7 +94,7 @@ def evaluate(run: str | Path, data=None, *, which: str = "best", split: str = "t
              precision: str = "auto", device: str = "auto", batch_size: int = 256,
              tta: str | None = None) -> EvalResult:
     """Evaluate a run's `best` (or `last`) weights on its dataset's test split, or on `data` if given.
-    `tta`: a `cnnlab.train.tta` mode ("none", "flip", ...); None: as the run was evaluated during training.
+    `tta`: a `cnnlab.training.tta` mode ("none", "flip", ...); None: as the run was evaluated during training.
 
     `data` is a dataset name or `cnnlab.data.Dataset`; its images are resized to the model's input size
     only through the dataset's own `image_size` option, so the classes and sizes must match the run's.

@@ -1,7 +1,7 @@
 """Feature extraction on the fastest path, cached on disk.
 
 Extraction runs in large batches under `torch.inference_mode()`, with channels_last memory format and
-bf16 autocast where the device supports it natively (see `cnnlab.train.precision`); features are stored
+bf16 autocast where the device supports it natively (see `cnnlab.training.precision`); features are stored
 as float32. The cache key is a SHA-256 of everything that determines the numbers: the backbone's weights
 digest, the cut layer and pooling, the images and labels, the input adaptation (size, channels,
 normalisation) and the precision. Change any of them and the key changes: a miss, never a stale hit.
@@ -21,7 +21,7 @@ from torch import nn
 from cnnlab.core.paths import feature_cache_dir
 from cnnlab.core.weights import load_safetensors, save_safetensors
 from cnnlab.layers.fusion import fuse
-from cnnlab.train.precision import resolve_precision
+from cnnlab.training.precision import resolve_precision
 
 CACHE_VERSION = "features-v1"
 

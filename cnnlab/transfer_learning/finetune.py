@@ -20,9 +20,9 @@ import torch
 from torch import nn
 
 from cnnlab.data.dataset import Dataset
-from cnnlab.train.config import TrainConfig
-from cnnlab.train.loop import Trainer
-from cnnlab.transfer.freeze import freeze, unfreeze
+from cnnlab.training.config import TrainConfig
+from cnnlab.training.loop import Trainer
+from cnnlab.transfer_learning.freeze import freeze, unfreeze
 
 
 class Classifier(nn.Module):

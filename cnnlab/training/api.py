@@ -17,9 +17,9 @@ from torch import nn
 
 from cnnlab.core.run import RunDir
 from cnnlab.errors import CnnlabError
-from cnnlab.train.config import TrainConfig, load_config_file, merge
-from cnnlab.train.loop import Callback, Trainer, TrainResult
-from cnnlab.train.recipes import recipe_options
+from cnnlab.training.config import TrainConfig, load_config_file, merge
+from cnnlab.training.loop import Callback, Trainer, TrainResult
+from cnnlab.training.recipes import recipe_options
 
 # Options that may change when a run is resumed; everything else must stay as the run started.
 RESUME_OVERRIDES = ("epochs", "data_dir")
@@ -64,10 +64,10 @@ def train(model: str | nn.Module | None = None, data: Any = None, *, recipe: str
     Args:
         model: a registered name (`cnnlab models`), a spec ("conv3x3-32 maxpool2 fc10"), or an `nn.Module`.
         data: a dataset name (`cnnlab data list`) or a `cnnlab.data.Dataset`.
-        recipe: a named recipe (`cnnlab.train.recipes.RECIPES`) to start from.
+        recipe: a named recipe (`cnnlab.training.recipes.RECIPES`) to start from.
         config: a TOML file of options, or a `TrainConfig`.
         resume: a run directory to continue from its newest readable checkpoint.
-        callbacks: `Callback` objects (hooks and their order: `cnnlab.train.callbacks`).
+        callbacks: `Callback` objects (hooks and their order: `cnnlab.training.callbacks`).
         quiet: print nothing (no progress bar, no epoch lines); `verbose=False` is its older spelling.
         progress: draw the progress bar on a terminal; False leaves one summary line per epoch (for logs).
         plots: draw curves.png and confusion.png in the run directory (False saves ~1 s per run).

@@ -30,7 +30,7 @@ from torch import nn
 from cnnlab.core.figures import colormap, save_figure, subplots
 from cnnlab.core.files import atomic_write_text
 from cnnlab.errors import CnnlabError, positive_int
-from cnnlab.train.callbacks import Callback
+from cnnlab.training.callbacks import Callback
 
 VANISH_RATIO = 1e-7  # a layer whose gradient norm is below this share of the largest one learns nothing
 

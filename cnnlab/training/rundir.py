@@ -1,4 +1,4 @@
-"""`RunWriter`: the callback that writes a training run to its run directory (see `cnnlab.train.run`).
+"""`RunWriter`: the callback that writes a training run to its run directory (see `cnnlab.training.run`).
 
     on_fit_start   choose the folder (`--out`, or runs/<model>-<data>-<time>), refuse one that already holds
                    a run, write config.json; or, resuming, load the newest readable checkpoint
@@ -22,13 +22,13 @@ from cnnlab.core.figures import plot_confusion, plot_curves
 from cnnlab.core.run import ModelCard, RunDir, default_run_name, environment
 from cnnlab.core.runlock import claim_run_dir
 from cnnlab.layers._native import status as native_status
-from cnnlab.train import distributed
-from cnnlab.train.callbacks import Callback
-from cnnlab.train.checkpoint import list_checkpoints, load_latest_checkpoint, save_checkpoint
+from cnnlab.training import distributed
+from cnnlab.training.callbacks import Callback
+from cnnlab.training.checkpoint import list_checkpoints, load_latest_checkpoint, save_checkpoint
 
 if TYPE_CHECKING:
-    from cnnlab.train.evaluate import EvalResult
-    from cnnlab.train.loop import Trainer
+    from cnnlab.training.evaluate import EvalResult
+    from cnnlab.training.loop import Trainer
 
 
 class RunWriter(Callback):

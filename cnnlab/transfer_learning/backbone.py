@@ -38,7 +38,7 @@ from cnnlab.core.run import open_run
 from cnnlab.core.weights import load_safetensors, safe_torch_load
 from cnnlab.errors import CnnlabError, did_you_mean
 from cnnlab.models import create_model, is_model_name, list_models, model_info
-from cnnlab.train.run import build_model, load_model
+from cnnlab.training.run import build_model, load_model
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError
-from cnnlab.train.config import TTA_MODES
+from cnnlab.training.config import TTA_MODES
 
 _SHIFTS = ((-1, 0), (1, 0), (0, -1), (0, 1))  # (dy, dx): up, down, left, right
 

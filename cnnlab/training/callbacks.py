@@ -13,7 +13,7 @@ Order of the hooks in one `Trainer.fit()`:
 
 Any hook may set `trainer.stop_training = True`: set in `on_step_end`, training ends after that step
 (the unfinished epoch is neither evaluated nor recorded); set in `on_epoch_end`, after that epoch.
-Writing the run directory is one such callback (`cnnlab.train.rundir.RunWriter`), so a Trainer without
+Writing the run directory is one such callback (`cnnlab.training.rundir.RunWriter`), so a Trainer without
 it trains in memory and writes nothing.
 """
 
@@ -22,8 +22,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # for the annotations only: the loop imports this module
-    from cnnlab.train.evaluate import EvalResult
-    from cnnlab.train.loop import Trainer
+    from cnnlab.training.evaluate import EvalResult
+    from cnnlab.training.loop import Trainer
 
 
 class Callback:

@@ -1,7 +1,7 @@
 """The training loop: `Trainer(config).fit()` -> `TrainResult`.
 
 Per batch: uint8 images -> augmented, normalised, channels_last float (`Preprocess`) -> one
-`TrainStep` (`cnnlab.train.step`: forward under autocast, fp32 loss with label smoothing, finite check
+`TrainStep` (`cnnlab.training.step`: forward under autocast, fp32 loss with label smoothing, finite check
 before the optimizer step, backward, optional clipping, step, the learning rate from the schedule).
 Losses and hit counts are summed on the device; the host reads them only when the progress bar redraws
 and once per epoch.
@@ -38,19 +38,19 @@ from cnnlab.core.runlock import RunLock
 from cnnlab.errors import CnnlabError
 from cnnlab.layers.fusion import fuse
 from cnnlab.models.downsampling import downsampling_warning
-from cnnlab.train import distributed
-from cnnlab.train.callbacks import Callback
-from cnnlab.train.checkpoint import list_checkpoints, rng_state, set_rng_state
-from cnnlab.train.config import TrainConfig
-from cnnlab.train.evaluate import EvalResult, evaluate_split
-from cnnlab.train.inputs import load_data, parse_augment
-from cnnlab.train.monitor import GradientMonitor
-from cnnlab.train.optim import build_optimizer, build_schedule
-from cnnlab.train.precision import resolve_precision
-from cnnlab.train.progress import ProgressBar, format_seconds
-from cnnlab.train.run import build_model, check_model_fits
-from cnnlab.train.rundir import RunWriter
-from cnnlab.train.step import NonFiniteLossError, StepOutput, TrainStep
+from cnnlab.training import distributed
+from cnnlab.training.callbacks import Callback
+from cnnlab.training.checkpoint import list_checkpoints, rng_state, set_rng_state
+from cnnlab.training.config import TrainConfig
+from cnnlab.training.evaluate import EvalResult, evaluate_split
+from cnnlab.training.inputs import load_data, parse_augment
+from cnnlab.training.monitor import GradientMonitor
+from cnnlab.training.optim import build_optimizer, build_schedule
+from cnnlab.training.precision import resolve_precision
+from cnnlab.training.progress import ProgressBar, format_seconds
+from cnnlab.training.run import build_model, check_model_fits
+from cnnlab.training.rundir import RunWriter
+from cnnlab.training.step import NonFiniteLossError, StepOutput, TrainStep
 
 CHECKPOINT_FORMAT = 1
 
@@ -102,7 +102,7 @@ class Trainer:
         evaluate: evaluate the held-out split (every `eval_every` epochs and after the last); False
             trains only (the records carry no test figures).
         resume: a run directory to continue from its newest readable checkpoint (needs `save`).
-        callbacks: `Callback` objects (see `cnnlab.train.callbacks` for the hooks and their order).
+        callbacks: `Callback` objects (see `cnnlab.training.callbacks` for the hooks and their order).
         quiet: print nothing. `progress`: draw the progress bar (on a terminal); `verbose=False` is the
             older spelling of `quiet=True`.
         plots: with `save`, draw curves.png and confusion.png.
@@ -137,7 +137,7 @@ class Trainer:
                 cb.on_warning = lambda msg: self.warn(f"gradient warning: {msg}")
         self.run: RunDir | None = None  # set by the RunWriter
         self.bar: ProgressBar | None = None  # the current epoch's, while it trains
-        self.stop_training = False  # a callback sets it to end training (see cnnlab.train.callbacks)
+        self.stop_training = False  # a callback sets it to end training (see cnnlab.training.callbacks)
         self.last_step: StepOutput | None = None  # loss and logits of the latest step
         self._stop_signal: int | None = None
         self._stop_now = False  # a stop signal seen by every rank at this step (set by `_check`)

@@ -1,8 +1,8 @@
 """One training step, the only one in cnnlab: every loop that trains runs it.
 
 The Trainer calls it once per batch, and through the Trainer so do the learning-rate range test
-(`lr_find`), the gradient lab (`cnnlab gradients`), fine-tuning and retraining in `cnnlab.transfer`;
-the torch heads of `cnnlab.transfer.heads` call it directly on their feature vectors.
+(`lr_find`), the gradient lab (`cnnlab gradients`), fine-tuning and retraining in `cnnlab.transfer_learning`;
+the torch heads of `cnnlab.transfer_learning.heads` call it directly on their feature vectors.
 
 In order (`TrainStep.__call__`):
 1. the learning rate of each parameter group, from its schedule and the global step;
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnlab.train.precision import Precision
+from cnnlab.training.precision import Precision
 
 
 class NonFiniteLossError(RuntimeError):

@@ -25,7 +25,7 @@ from torch import nn
 
 from cnnlab.core.files import atomic_path, atomic_write_json
 from cnnlab.errors import CnnlabError
-from cnnlab.train.run import load_model
+from cnnlab.training.run import load_model
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 VERIFY_BATCH = 4  # images run through the exported file and through PyTorch (the export traces a batch of 2)

@@ -1,6 +1,6 @@
-"""`cnnlab.transfer.transfer(...)` and `probe(...)`: the functions behind `cnnlab transfer`.
+"""`cnnlab.transfer_learning.transfer(...)` and `probe(...)`: the functions behind `cnnlab transfer`.
 
-    >>> from cnnlab.transfer import transfer, probe
+    >>> from cnnlab.transfer_learning import transfer, probe
     >>> r = transfer("runs/simple_cnn-fashion-mnist-…", "digits", strategy="auto", train_per_class=10)
     >>> print(r.table())                       # the strategy next to its two baselines
     >>> probe("resnet18:imagenet", "digits")    # linear-probe accuracy at every stage
@@ -31,11 +31,11 @@ from cnnlab.core.files import atomic_write_json, atomic_write_text
 from cnnlab.data import load_dataset
 from cnnlab.data.memory import stratified_sample
 from cnnlab.errors import CnnlabError
-from cnnlab.transfer.adapt import make_adapter
-from cnnlab.transfer.backbone import Backbone, Truncated, check_layer, cut, cut_points, load_backbone
-from cnnlab.transfer.features import cached_features
-from cnnlab.transfer.finetune import Classifier, finetune, fit
-from cnnlab.transfer.heads import HEADS, cv_accuracy, fit_head
+from cnnlab.transfer_learning.adapt import make_adapter
+from cnnlab.transfer_learning.backbone import Backbone, Truncated, check_layer, cut, cut_points, load_backbone
+from cnnlab.transfer_learning.features import cached_features
+from cnnlab.transfer_learning.finetune import Classifier, finetune, fit
+from cnnlab.transfer_learning.heads import HEADS, cv_accuracy, fit_head
 
 STRATEGIES = ("features", "finetune", "retrain", "auto")
 

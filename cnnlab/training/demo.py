@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 from cnnlab import data
 from cnnlab.errors import CnnlabError
-from cnnlab.train.api import train
-from cnnlab.train.loop import TrainResult
+from cnnlab.training.api import train
+from cnnlab.training.loop import TrainResult
 
 # simple_cnn with AdamW one-cycle (peak 3e-3): about 90% test accuracy on Fashion-MNIST in 3 epochs.
 DEMO = {"model": "simple_cnn", "data": "fashion-mnist", "epochs": 3, "batch_size": 128, "optimizer": "adamw",

@@ -24,7 +24,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, as the `tomli` pack
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("onecycle", "cosine", "step", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-TTA_MODES = ("none", "flip", "shift", "flip-shift")  # test-time augmentation (cnnlab.train.tta)
+TTA_MODES = ("none", "flip", "shift", "flip-shift")  # test-time augmentation (cnnlab.training.tta)
 DEVICES = ("auto", "cpu", "cuda")
 
 # Upper bounds, so that one option cannot ask for terabytes or a run that never ends (stated in the errors).
@@ -53,7 +53,7 @@ class TrainConfig:
     max_steps: int | None = None  # train exactly this many optimizer steps instead (the schedule spans them)
     batch_size: int = 128  # global: split across processes under DDP
     eval_batch_size: int = 256  # measured on 2 CPU cores: 1.6-3x the images/s of 1024 (activations stay in cache)
-    tta: str = "none"  # test-time augmentation in evaluation (cnnlab.train.tta): none, flip, shift, flip-shift
+    tta: str = "none"  # test-time augmentation in evaluation (cnnlab.training.tta): none, flip, shift, flip-shift
     eval_every: int = 1  # evaluate every this many epochs and after the last (Keras' validation_freq)
     optimizer: str = "adamw"
     lr: float | None = None  # peak learning rate; None: DEFAULT_LR[optimizer]

@@ -17,8 +17,8 @@ import torch
 from cnnlab.core.preprocess import Preprocess
 from cnnlab.core.run import ModelCard, open_run
 from cnnlab.errors import CnnlabError
-from cnnlab.train.run import load_model
-from cnnlab.train.tta import check_tta, tta_log_probs
+from cnnlab.training.run import load_model
+from cnnlab.training.tta import check_tta, tta_log_probs
 
 
 @dataclass
@@ -89,7 +89,7 @@ def polarity_warning(image: torch.Tensor, data_mean: tuple[float, ...]) -> str:
 
 def predict_tensor(model: torch.nn.Module, card: ModelCard, images: torch.Tensor, tta: str = "none") -> torch.Tensor:
     """uint8 `(N, C, H, W)` -> class probabilities `(N, K)` (fp32, CPU); with a `tta` mode the mean of
-    the probabilities over the views of each image (`cnnlab.train.tta`), as `cnnlab eval` computes them."""
+    the probabilities over the views of each image (`cnnlab.training.tta`), as `cnnlab eval` computes them."""
     check_tta(tta)
     prep = Preprocess(card.mean, card.std, images.device, channels_last=False)
     with torch.inference_mode():
@@ -98,7 +98,7 @@ def predict_tensor(model: torch.nn.Module, card: ModelCard, images: torch.Tensor
 
 def predict(run: str | Path, images: list[str | Path], *, top_k: int = 5, which: str = "best",
             tta: str | None = None) -> list[Prediction]:
-    """Top-`top_k` classes with probabilities for each image file. `tta`: a `cnnlab.train.tta` mode; None:
+    """Top-`top_k` classes with probabilities for each image file. `tta`: a `cnnlab.training.tta` mode; None:
     as the run was evaluated during training."""
     if not images:
         raise CnnlabError("no images given; pass one or more image files")

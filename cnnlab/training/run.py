@@ -15,7 +15,7 @@ from torch import nn
 from cnnlab.core.run import ModelCard, RunDir, open_run
 from cnnlab.errors import CnnlabError
 from cnnlab.models import model_info, resolve_model
-from cnnlab.train.finite import check_finite_weights
+from cnnlab.training.finite import check_finite_weights
 
 
 def build_model(text: str, input_size: tuple[int, int, int], num_classes: int, options: dict[str, Any] | None = None) -> nn.Module:

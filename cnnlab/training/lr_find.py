@@ -23,10 +23,10 @@ from cnnlab.core.figures import save_figure, subplots
 from cnnlab.core.files import atomic_write_json
 from cnnlab.core.run import default_run_name
 from cnnlab.errors import CnnlabError
-from cnnlab.train.callbacks import Callback
-from cnnlab.train.config import TrainConfig
-from cnnlab.train.loop import Trainer
-from cnnlab.train.step import NonFiniteLossError
+from cnnlab.training.callbacks import Callback
+from cnnlab.training.config import TrainConfig
+from cnnlab.training.loop import Trainer
+from cnnlab.training.step import NonFiniteLossError
 
 
 @dataclass
