@@ -181,7 +181,7 @@ def _poisoned_run(run_dir: Path, tmp_path: Path) -> tuple[Path, str]:
     copy = tmp_path / "diverged"
     shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("export", "ckpt-*"))
     state = load_file(str(copy / "best.safetensors"))  # stored sorted by name: take the model's order
-    names = [n for n in open_run(run_dir).load_model()[0].state_dict() if state[n].is_floating_point()]
+    names = [n for n in load_model(run_dir)[0].state_dict() if state[n].is_floating_point()]
     first, later = names[1], names[-1]
     state[first].view(-1)[3] = float("inf")
     state[later].view(-1)[0] = float("nan")

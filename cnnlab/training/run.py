@@ -60,7 +60,6 @@ def load_model(run: str | Path | RunDir, which: str = "best") -> tuple[nn.Module
     """Rebuild the model of run `run` from `which.json` and load `which.safetensors` into it (eval mode, CPU)."""
     run_dir = run if isinstance(run, RunDir) else open_run(run)
     state, card = run_dir.load_weights(which)
-    check_finite_weights(state, run_dir.path / f"{which}.safetensors", which)  # a diverged run's weights
     model = build_model(card.model, card.input_size, card.num_classes, card.model_options)
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
@@ -73,4 +72,6 @@ def load_model(run: str | Path | RunDir, which: str = "best") -> tuple[nn.Module
             f"weights '{which}' in '{run_dir.path}' do not match model '{card.model}': "
             f"missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]}"
         )
+    # a diverged run's weights, named in the model's own (state-dict) order
+    check_finite_weights(model.state_dict(), run_dir.path / f"{which}.safetensors", which)
     return model.eval(), card
