@@ -46,7 +46,10 @@ def run_batch(cases: list[list[str]], cwd: str, *, memory_gib: float = 4, second
     `warmup`: command lines run first, untimed (they import torch, the zoo, scikit-learn's digits)."""
     results: list[dict] = []
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # this checkout's cnnlab, wherever cwd is
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+               # glibc reserves 64 MiB of address space per malloc arena (up to 8 per core, one per busy thread:
+               # torch's OpenMP pool, tqdm's monitor): reservations, not memory, that RLIMIT_AS would count
+               MALLOC_ARENA_MAX="2")
     while len(results) < len(cases):
         todo = cases[len(results):]
         with tempfile.NamedTemporaryFile("r", suffix=".jsonl") as out:

@@ -83,6 +83,7 @@ TABLE = {
                   "--strategy": BAD_NAME, "--head": BAD_NAME, "--layer": ["nope", ""], "--train-per-class": BAD_INT,
                   "--steps": BAD_INT, "--image-size": BAD_INT, "--out": BAD_PATH, "--data": BAD_NAME}),
     "experiment": (["experiment", "list"], {"@1": BAD_NAME, "--out": BAD_PATH, "--seed": BAD_INT}),
+    "native": (["native", "build"], {"@1": BAD_NAME}),
     "demo": (["demo", "--epochs", "-1"], {"--epochs": BAD_INT, "--out": BAD_PATH}),  # a valid demo trains a minute
 }
 
@@ -108,8 +109,6 @@ def generate(seed: int = SEED, count: int = COUNT) -> list[list[str]]:
             continue  # every mutation happened to be valid
         cases.append(argv)
     return cases
-
-
 
 
 @pytest.mark.slow
