@@ -12,10 +12,12 @@ import importlib
 from typing import Any
 
 from cnnlab.inspect.arithmetic import bottleneck, connectivity, lecture_examples, receptive_field_growth
+from cnnlab.inspect.zoo_table import format_models, zoo_stats
 
-_LAZY = ("LayerRow", "Summary", "format_models", "model_stats", "summary", "trace")  # from layer_summary
+_LAZY = ("LayerRow", "Summary", "model_stats", "summary", "trace")  # from layer_summary
 
-__all__ = ["bottleneck", "connectivity", "lecture_examples", "receptive_field_growth", *_LAZY]
+__all__ = ["bottleneck", "connectivity", "format_models", "lecture_examples", "receptive_field_growth", "zoo_stats",
+           *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

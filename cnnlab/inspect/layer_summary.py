@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from cnnlab.errors import CnnlabError, did_you_mean
 from cnnlab.inspect.tracer import Field, Tracer
+from cnnlab.inspect.zoo_table import human
 from cnnlab.models import is_model_name, list_models, model_info, resolve_model
 
 if TYPE_CHECKING:  # for annotations
@@ -95,14 +96,6 @@ def _pair(v: list | None) -> str:
     if v is None:
         return "-"
     return str(v[0]) if v[0] == v[1] else f"{v[0]}x{v[1]}"
-
-
-def human(n: float) -> str:
-    """1234567 -> '1.23 M' (decimal prefixes, as MAC counts are quoted)."""
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f} {unit}"
-    return str(int(n))
 
 
 def format_table(s: Summary) -> str:
@@ -351,20 +344,3 @@ def model_stats(pattern: str = "*") -> list[dict]:
             "paper": info.paper,
         })
     return stats
-
-
-def format_models(stats: list[dict]) -> str:
-    """`model_stats()` as an aligned table."""
-    head = ("Model", "Params", "MACs", "Input", "Classes", "Paper")
-    rows = [
-        (d["name"], f"{d['params']:,}", human(d["macs"]), "x".join(map(str, d["input_size"])), str(d["num_classes"]),
-         d["paper"])
-        for d in stats
-    ]
-    widths = [max(len(r[i]) for r in (head, *rows)) for i in range(len(head))]
-    right = {1, 2, 4}
-
-    def line(row) -> str:
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip()
-
-    return "\n".join([line(head), *(line(r) for r in rows)])
