@@ -28,17 +28,17 @@ from pathlib import Path
 from typing import Any
 
 TEMP_SUFFIX = ".tmp"  # every temporary name ends in this: `.<name>.<random>.tmp` (files and folders)
+_TOKEN_BYTES = 8  # the random part: 16 hex digits
+# every name `temp_name` makes, and only those: stale ones are cleaned when a run folder is taken over
+TEMP_PATTERN = re.compile(rf"^\..+\.[0-9a-f]{{{2 * _TOKEN_BYTES}}}{re.escape(TEMP_SUFFIX)}$")
 _ATTEMPTS = 100  # names drawn before giving up: each collision means a planted or leftover entry
 _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0) \
     | getattr(os, "O_BINARY", 0)
 
 
-TEMP_PATTERN = re.compile(r"^\..+\.[0-9a-f]{16}\.tmp$")  # every name `temp_name` makes (stale ones are cleaned)
-
-
 def temp_name(name: str) -> str:
     """A fresh temporary name for a file `name`: `.<name>.<16 random hex digits>.tmp`."""
-    return f".{name}.{secrets.token_hex(8)}{TEMP_SUFFIX}"
+    return f".{name}.{secrets.token_hex(_TOKEN_BYTES)}{TEMP_SUFFIX}"
 
 
 def _create(folder: Path, name: str, make: Callable[[Path], Any]) -> tuple[Any, Path]:

@@ -60,6 +60,7 @@ class AlexNet(ConvNet):
             {"name": "features.12", "channels": 256, "stride": 32},
         ]
         self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
+        self.flatten = nn.Flatten(1)  # a module, so cnnlab.fuse can give it a layout-keeping gradient
         self.classifier = nn.Sequential(
             nn.Dropout(p=dropout),
             nn.Linear(256 * 6 * 6, 4096),  # 1: fc6
@@ -78,7 +79,7 @@ class AlexNet(ConvNet):
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """`(N, 256, H', W')` -> `(N, num_classes)` logits, or the `(N, 4096)` fc7 output."""
         x = self.avgpool(x)  # (N, 256, 6, 6)
-        x = torch.flatten(x, 1)  # (N, 9216)
+        x = self.flatten(x)  # (N, 9216)
         for layer in list(self.classifier)[:-1]:  # (N, 4096): dropout, fc6, relu, dropout, fc7, relu
             x = layer(x)  # each layer itself, not a sliced Sequential, so torch.fx can trace the head
         return x if pre_logits else self.classifier[-1](x)

@@ -61,9 +61,11 @@ def downsampling_factor(text: str, input_size: tuple[int, int, int], num_classes
 
 
 def smallest_input_side(text: str, input_size: tuple[int, int, int], num_classes: int,
-                        options: dict | None = None) -> int | None:
-    """The smallest square side that keeps every stage of the model at least 1x1 of real input, or None."""
-    factor = downsampling_factor(text, input_size, num_classes, options)
+                        options: dict | None = None, factor: int | None = None) -> int | None:
+    """The smallest square side that keeps every stage of the model at least 1x1 of real input, or None.
+    `factor`: the model's `downsampling_factor`, when the caller has measured it already."""
+    if factor is None:
+        factor = downsampling_factor(text, input_size, num_classes, options)
     if factor is None:
         return None
     for side in range(factor, 2 * factor + 1):  # check it builds and runs there (on meta)
@@ -87,7 +89,7 @@ def downsampling_warning(text: str, input_size: tuple[int, int, int], num_classe
     factor = downsampling_factor(text, input_size, num_classes, options)
     if factor is None or min(h, w) >= factor:
         return ""
-    side = smallest_input_side(text, input_size, num_classes, options) or factor
+    side = smallest_input_side(text, input_size, num_classes, options, factor) or factor
     return (f"model '{text}' downsamples its input {factor}x, more than the {h}x{w} images: its deepest layers see "
             f"less than one pixel of them and training may stay near chance; use --image-size {side} (the smallest "
             f"size that keeps every stage at least 1x1, measured) or a model made for small images")

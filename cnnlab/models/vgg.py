@@ -94,6 +94,7 @@ class VGG(ConvNet):
         self.features, self.feature_info = make_layers(cfg, batch_norm=batch_norm, in_channels=in_channels)
         # Any input of 32x32 or more works: the pool turns the last map into 7x7 (the identity at 224).
         self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
+        self.flatten = nn.Flatten(1)  # a module, so cnnlab.fuse can give it a layout-keeping gradient
         self.classifier = nn.Sequential(
             nn.Linear(512 * 7 * 7, 4096),  # 0: fc6
             nn.ReLU(inplace=True),  # 1: the classic 4,096-feature cut point
@@ -112,7 +113,7 @@ class VGG(ConvNet):
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """`(N, 512, H', W')` -> `(N, num_classes)` logits, or the `(N, 4096)` vector fc8 reads."""
         x = self.avgpool(x)  # (N, 512, 7, 7)
-        x = torch.flatten(x, 1)  # (N, 25088)
+        x = self.flatten(x)  # (N, 25088)
         for layer in list(self.classifier)[:-1]:  # (N, 4096): fc6, relu, dropout, fc7, relu, dropout
             x = layer(x)  # each layer itself, not a sliced Sequential, so torch.fx can trace the head
         return x if pre_logits else self.classifier[-1](x)

@@ -195,7 +195,7 @@ def status() -> str:
         return "C kernels not loaded (cnnlab.fuse or `cnnlab native build` loads them)"
     if lib is None:
         return f"C kernels off: {_state['why']}"
-    simd = "AVX-512" if lib.cnnlab_maxpool2x2_simd() else "portable C"
+    simd = "AVX-512" if simd_loaded() else "portable C"
     threads = "OpenMP (torch's threads)" if lib.cnnlab_maxpool2x2_openmp() else "one thread"
     return f"C kernels on: 2x2 max-pool in {simd}, {threads}"
 
