@@ -223,12 +223,9 @@ class Trainer:
         self.total_steps = cfg.max_steps or self.steps_per_epoch * cfg.epochs
         self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
         warmup_steps = round(cfg.warmup * self.steps_per_epoch)
-        if self.schedule_override is not None:
-            schedules = [self.schedule_override] * len(self.optimizer.param_groups)
-        else:  # each group from its own peak rate (one schedule per distinct peak)
-            by_peak: dict[float, Callable[[int], float]] = {}
-            schedules = [by_peak.setdefault(g["lr"], build_schedule(cfg.schedule, g["lr"], self.total_steps, warmup_steps))
-                         for g in self.optimizer.param_groups]
+        # one schedule for every group (lr-find's sweep), or each group's from its own peak rate
+        schedules = self.schedule_override or [build_schedule(cfg.schedule, g["lr"], self.total_steps, warmup_steps)
+                                               for g in self.optimizer.param_groups]
         self.step = TrainStep(net, self.optimizer, self.precision, label_smoothing=cfg.label_smoothing,
                               grad_clip=cfg.grad_clip, clip_params=list(model.parameters()), scaler=self.scaler,
                               schedules=schedules, check=self._check)
