@@ -7,7 +7,8 @@
 Backbones: a run directory, NAME:PATH (.pth state dict or .safetensors), NAME:imagenet (torchvision's
 published weights, checksum verified), NAME (random weights). Strategies: features (frozen backbone +
 classifier), finetune (head first, then all layers with small per-stage rates), retrain (all layers from
-the backbone's weights), auto (the lecture's four cases, decided from the data), all, or a comma list.
+the backbone's weights), auto (names the lecture's case, then measures the candidates on held-out parts
+of the training set and runs the best; the test set takes no part), all, or a comma list.
 Each result is printed next to two baselines: logistic regression on raw pixels and the same
 architecture trained from scratch.
 """
@@ -41,6 +42,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=BATCH, default=64)
     p.add_argument("--image-size", type=IMAGE_SIDE, help="resize inputs to this size (backbones with adaptive pooling only)")
     p.add_argument("--large-per-class", type=int_in(1, 10_000_000), default=500, help="auto: images per class that count as large")
+    p.add_argument("--auto-steps", type=STEPS,
+                   help="auto: steps of finetune/retrain while they are measured on the training set (default --steps)")
     p.add_argument("--no-baselines", action="store_true", help="skip the raw-pixel and from-scratch baselines")
     p.add_argument("--cache-dir", help="feature cache (default $CNNLAB_FEATURE_CACHE or ~/.cache/cnnlab/features)")
     p.add_argument("--seed", type=SEED, default=0)
@@ -63,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         result = transfer(args.backbone, args.data, strategy=args.strategy, head=args.head, layer=args.layer,
                           baselines=not args.no_baselines, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
-                          large_per_class=args.large_per_class, **common)
+                          large_per_class=args.large_per_class, auto_steps=args.auto_steps, **common)
         print()
         print(result.table())
     if args.out:

@@ -21,6 +21,7 @@ from cnnlab.models._registry import (
     register_model,
 )
 from cnnlab.models.spec import build_spec
+from cnnlab.models.timm_models import create_timm_model, is_timm_name, split_timm_name, timm_input_size
 
 # Family files register their builders on import; this order is the order of `cnnlab models`.
 for _family in ("simple", "lenet", "alexnet", "vgg", "resnet", "googlenet", "resnet_cifar"):
@@ -30,6 +31,7 @@ __all__ = [
     "ConvNet",
     "ModelInfo",
     "create_model",
+    "is_timm_name",
     "is_model_name",
     "list_models",
     "model_info",
@@ -57,6 +59,8 @@ def resolve_model(
     """
     if not isinstance(text, str):
         raise CnnlabError(f"a model must be a registered name or a spec (a string), got {text!r}")
+    if is_timm_name(text):  # timm:NAME, timm's architectures (optional; imported only here)
+        return _resolve_timm(text, input_size, num_classes, options)
     if torch.get_default_device().type == "meta":
         return _resolve(text, input_size, num_classes, options)
     try:  # count on the meta device first: nothing is allocated
@@ -69,6 +73,14 @@ def resolve_model(
         raise CnnlabError(f"model '{text.strip()[:80]}' would have {n if isinstance(n, str) else f'{n:,}'} parameters, "
                           f"more than the limit of {MAX_PARAMS:,} (4 GB of fp32 weights); choose fewer channels or units")
     return _resolve(text, input_size, num_classes, options)
+
+
+def _resolve_timm(text: str, input_size, num_classes, options):
+    name, where = split_timm_name(text)
+    if where:
+        raise CnnlabError(f"'{text}': weights after the name are for `transfer --backbone`; here give timm:{name}")
+    size = tuple(input_size) if input_size is not None else timm_input_size(name)
+    return create_timm_model(name, num_classes=num_classes, in_channels=size[0], **dict(options or {})), size
 
 
 def _resolve(text: str, input_size, num_classes, options):

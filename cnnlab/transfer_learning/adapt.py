@@ -2,7 +2,8 @@
 
 Grayscale into an RGB backbone: the gray channel is repeated three times (the image a colour camera
 would record of a gray scene). RGB into a grayscale backbone: ITU-R BT.601 luma. Another size: bilinear
-resize with antialiasing to the backbone's input size. Then the backbone's own normalisation (the
+resize with antialiasing to the backbone's input size (bicubic where the backbone's pretrained config
+asks for it, as timm's do). Then the backbone's own normalisation (the
 statistics it was trained with), or the target data's when the backbone's are unknown.
 """
 
@@ -28,7 +29,7 @@ class InputAdapter(nn.Module):
     """
 
     def __init__(self, data_size: Sequence[int], backbone_size: Sequence[int], mean: Sequence[float],
-                 std: Sequence[float], stats_from: str = "backbone"):
+                 std: Sequence[float], stats_from: str = "backbone", interpolation: str = "bilinear"):
         super().__init__()
         self.data_size = tuple(int(v) for v in data_size)
         self.out_size = tuple(int(v) for v in backbone_size)
@@ -40,6 +41,9 @@ class InputAdapter(nn.Module):
             raise CnnlabError(f"normalisation needs {c_out} values per statistic, got mean={tuple(mean)} std={tuple(std)}")
         self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
         self.stats_from = stats_from
+        if interpolation not in ("bilinear", "bicubic"):
+            raise CnnlabError(f"unknown interpolation '{interpolation}'; cnnlab resizes with bilinear or bicubic")
+        self.interpolation = interpolation
         self._preps: dict[torch.device, Preprocess] = {}  # one per device the images come on
 
     @property
@@ -49,7 +53,8 @@ class InputAdapter(nn.Module):
         if ci != co:
             out.append("grayscale repeated to 3 channels (RGB)" if ci == 1 else "RGB converted to gray (BT.601 luma)")
         if (hi, wi) != (ho, wo):
-            out.append(f"resized {hi}x{wi} -> {ho}x{wo} (bilinear, antialiased)")
+            out.append(f"resized {hi}x{wi} -> {ho}x{wo} ({self.interpolation}, antialiased"
+                       f"{', clamped to [0, 1]' if self.interpolation == 'bicubic' else ''})")
         return out
 
     def describe(self) -> str:
@@ -60,7 +65,8 @@ class InputAdapter(nn.Module):
                 f"normalised with the {self.stats_from}'s mean/std ({stats})")
 
     def key(self) -> str:
-        return f"adapt-v1|{self.data_size}|{self.out_size}|{self.mean}|{self.std}"
+        extra = "" if self.interpolation == "bilinear" else f"|{self.interpolation}"  # old keys stay valid
+        return f"adapt-v1|{self.data_size}|{self.out_size}|{self.mean}|{self.std}{extra}"
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = to_unit(images) if images.dtype == torch.uint8 else images.float()
@@ -71,7 +77,9 @@ class InputAdapter(nn.Module):
             w = torch.tensor(_LUMA, device=x.device).view(1, 3, 1, 1)
             x = (x * w).sum(1, keepdim=True)  # (N, 1, H, W)
         if tuple(x.shape[-2:]) != self.out_size[1:]:
-            x = F.interpolate(x, size=self.out_size[1:], mode="bilinear", antialias=True, align_corners=False)
+            x = F.interpolate(x, size=self.out_size[1:], mode=self.interpolation, antialias=True, align_corners=False)
+            if self.interpolation == "bicubic":
+                x = x.clamp(0.0, 1.0)  # bicubic overshoots at edges; PIL, as timm resizes, clamps to the pixel range
         prep = self._preps.get(x.device)
         if prep is None:
             prep = self._preps[x.device] = Preprocess(self.mean, self.std, x.device, channels_last=False)
@@ -91,10 +99,11 @@ def make_adapter(data_size: Sequence[int], backbone, data_mean: Sequence[float],
             raise CnnlabError(f"backbone '{backbone.name}' needs {h}x{w} inputs (its fc layers depend on the size); "
                               f"got image_size={image_size}; leave it out")
         h = w = int(image_size)
+    how = getattr(backbone, "interpolation", "bilinear")
     if backbone.mean is not None:
-        return InputAdapter(data_size, (c_out, h, w), backbone.mean, backbone.std, "backbone")
+        return InputAdapter(data_size, (c_out, h, w), backbone.mean, backbone.std, "backbone", how)
     mean, std = tuple(data_mean), tuple(data_std)
     if len(mean) != c_out:  # channels change: gray stats repeated, or RGB stats averaged into gray
         mean = mean * c_out if len(mean) == 1 else (sum(mean) / len(mean),)
         std = std * c_out if len(std) == 1 else (sum(std) / len(std),)
-    return InputAdapter(data_size, (c_out, h, w), mean, std, "target data")
+    return InputAdapter(data_size, (c_out, h, w), mean, std, "target data", how)

@@ -5,7 +5,7 @@
     >>> print(r.table())                       # the strategy next to its two baselines
     >>> probe("resnet18:imagenet", "digits")    # linear-probe accuracy at every stage
 
-The lecture's four cases (CS231n "Transfer Learning" notes), decided by `auto`:
+The lecture's four cases (CS231n "Transfer Learning" notes), named and explained by `auto`:
   small data, similar to the backbone's   -> linear classifier on the top features  (`features`)
   large data, similar                     -> fine-tune the whole network             (`finetune`)
   small data, different                   -> linear classifier on earlier features  (`features` at the
@@ -13,6 +13,8 @@ The lecture's four cases (CS231n "Transfer Learning" notes), decided by `auto`:
   large data, different                   -> train the whole network from the backbone's weights (`retrain`)
 "Similar" is measured: the backbone's features, linearly probed (cross-validation on the training set
 only), beat a probe on raw pixels. "Large" is at least `large_per_class` training images per class.
+The rule is then checked, not trusted: `auto` measures every candidate strategy on held-out parts of the
+training set (`cnnlab.transfer_learning.auto`), runs the best, and says whether the rule agreed.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from cnnlab.data import load_dataset
 from cnnlab.data.memory import stratified_sample
 from cnnlab.errors import CnnlabError
 from cnnlab.transfer_learning.adapt import make_adapter
+from cnnlab.transfer_learning.auto import Candidate, Selection, select, validation_splits
 from cnnlab.transfer_learning.backbone import Backbone, Truncated, check_layer, cut, cut_points, load_backbone
 from cnnlab.transfer_learning.features import cached_features
 from cnnlab.transfer_learning.finetune import Classifier, finetune, fit
@@ -51,6 +54,7 @@ class TransferResult:
     case: str | None = None  # what `auto` found, in words
     path: Path | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    selection: Selection | None = None  # what `auto` measured on the training set and chose
 
     def table(self) -> str:
         lines = ["| method | head | layer | train images | test accuracy | seconds | note |",
@@ -88,10 +92,12 @@ class _Session:
         self.cache_dir, self.device, self.precision = cache_dir, device, precision
         self.seed, self.steps, self.lr, self.batch_size, self.log = seed, steps, lr, batch_size, log
 
-    def features(self, layer: str, pool: str = "flatten"):
+    def features(self, layer: str, pool: str = "flatten", splits: tuple[str, ...] = ("train", "test")):
+        """Cached features of the named splits ("train": the (sub-sampled) training set, "test")."""
         body = cut(self.backbone, layer, pool)
         out = []
-        for split in (self.train, self.ds.test):
+        for name in splits:
+            split = self.train if name == "train" else self.ds.test
             out.append(cached_features(body, self.adapter, split.images, split.labels,
                                        weights_id=self.backbone.weights_id, layer=layer, pool=pool,
                                        cache_dir=self.cache_dir, device=self.device, precision=self.precision))
@@ -119,34 +125,81 @@ class _Session:
             dim = body(self.adapter(self.train.images[:2])).shape[1]
         return Classifier(self.adapter, body, nn.Linear(dim, self.ds.num_classes))
 
-    def run_finetune(self, layer: str) -> dict[str, Any]:
-        t0 = time.perf_counter()
+    def _finetune(self, layer: str, data, steps: int) -> tuple[float, list]:
+        """Fine-tune a copy of the backbone cut at `layer` on `data.train`; accuracy on `data.test`."""
         model = self._classifier(cut(self.backbone, layer))
-        head_steps = max(self.steps // 4, 1)
-        reports = finetune(model, self.data, lr=self.lr, head_steps=head_steps, body_steps=self.steps,
+        reports = finetune(model, data, lr=self.lr, head_steps=max(steps // 4, 1), body_steps=steps,
                            batch_size=self.batch_size, seed=self.seed, device=self.device, precision=self.precision)
-        acc = reports[1].test_accuracy
+        return reports[1].test_accuracy, reports
+
+    def run_finetune(self, layer: str, method: str = "finetune") -> dict[str, Any]:
+        t0 = time.perf_counter()
+        acc, reports = self._finetune(layer, self.data, self.steps)
         rates = reports[1].rates
-        note = (f"{head_steps} head steps at lr {self.lr:g}, then {self.steps} steps, body lr "
+        note = (f"{max(self.steps // 4, 1)} head steps at lr {self.lr:g}, then {self.steps} steps, body lr "
                 f"{min(rates.values()):.1e}..{max(v for k, v in rates.items() if k != 'head'):.1e}")
-        return self.row("finetune", "linear", layer, acc, time.perf_counter() - t0, note)
+        return self.row(method, "linear", layer, acc, time.perf_counter() - t0, note)
+
+    def _fit_all(self, body: nn.Module, data, steps: int) -> float:
+        """Train every layer of `body` + a new head on `data.train` (as many steps as finetune's two stages
+        together); accuracy on `data.test`."""
+        model = self._classifier(body)
+        lr = self.lr  # every layer at the head's rate: a from-scratch rate for AdamW
+        report = fit(model, data, [{"params": list(model.parameters()), "lr": lr}], steps=steps + max(steps // 4, 1),
+                     batch_size=self.batch_size, seed=self.seed, device=self.device, precision=self.precision)
+        return report.test_accuracy
 
     def _train_all(self, body: nn.Module, method: str, layer: str, note: str) -> dict[str, Any]:
         t0 = time.perf_counter()
-        model = self._classifier(body)
-        lr = self.lr  # every layer at the head's rate: a from-scratch rate for AdamW
-        report = fit(model, self.data, [{"params": list(model.parameters()), "lr": lr}],
-                     steps=self.steps + max(self.steps // 4, 1), batch_size=self.batch_size, seed=self.seed,
-                     device=self.device, precision=self.precision)
-        acc = report.test_accuracy
-        return self.row(method, "linear", layer, acc, time.perf_counter() - t0, f"{note}, lr {lr:g}")
+        acc = self._fit_all(body, self.data, self.steps)
+        return self.row(method, "linear", layer, acc, time.perf_counter() - t0, f"{note}, lr {self.lr:g}")
 
-    def run_retrain(self, layer: str) -> dict[str, Any]:
-        return self._train_all(cut(self.backbone, layer), "retrain", layer, "all layers from the backbone's weights")
+    def run_retrain(self, layer: str, method: str = "retrain") -> dict[str, Any]:
+        return self._train_all(cut(self.backbone, layer), method, layer, "all layers from the backbone's weights")
 
     def run_scratch(self, layer: str) -> dict[str, Any]:
         body = Truncated(self.backbone.fresh(), layer)
         return self._train_all(body, "baseline: scratch", layer, "same architecture, random init")
+
+    # ---- auto: candidates measured on held-out parts of the training set --------------------------
+    def _fold_data(self, fit_idx: torch.Tensor, held_idx: torch.Tensor):
+        """The training set split in two: train on `fit_idx`, "test" on `held_idx` (the real test set is
+        not in it, so nothing trained or scored here can see it)."""
+        return dataclasses.replace(self.ds, train=self.train.subset(fit_idx), test=self.train.subset(held_idx),
+                                   val=None)
+
+    def candidates(self, layers: list[str], head: str, steps: int) -> list[Candidate]:
+        """`features` at each of `layers` (cheap: cached features, the head's C by inner cross-validation),
+        then `finetune` and `retrain` at the first layer, each for `steps` steps."""
+        out = []
+        for layer in layers:
+            pool = "flatten" if layer == layers[0] else _pool_for(self, layer)
+
+            def score_features(fit_idx, held_idx, layer=layer, pool=pool) -> float:
+                (tr,) = self.features(layer, pool, splits=("train",))
+                fitted = fit_head(head, tr.x[fit_idx], tr.y[fit_idx], num_classes=self.ds.num_classes, seed=self.seed)
+                return fitted.accuracy(tr.x[held_idx], tr.y[held_idx])
+
+            out.append(Candidate("features", layer, head, score_features,
+                                 "C by inner CV" if head in ("logreg", "svm") else "full batch"))
+        at = layers[0]
+        out.append(Candidate("finetune", at, "linear",
+                             lambda f, h: self._finetune(at, self._fold_data(f, h), steps)[0],
+                             f"{max(steps // 4, 1)}+{steps} steps"))
+        out.append(Candidate("retrain", at, "linear",
+                             lambda f, h: self._fit_all(cut(self.backbone, at), self._fold_data(f, h), steps),
+                             f"{steps + max(steps // 4, 1)} steps"))
+        return out
+
+    def choose(self, layer: str, head: str, large_per_class: int, steps: int) -> tuple[str, str, Selection]:
+        """`auto`: the lecture's case (named and explained), then the candidates measured on the training
+        set; returns (case text, layer of the lecture's features, the selection)."""
+        lecture, lecture_layer, case = self.decide(layer, large_per_class)
+        protocol, splits = validation_splits(self.train.labels, self.seed)
+        layers = [layer] + ([lecture_layer] if lecture == "features" and lecture_layer != layer else [])
+        sel = select(self.candidates(layers, head, steps), splits, protocol, lecture=lecture,
+                     lecture_layer=lecture_layer if lecture == "features" else layer, log=self.log)
+        return case, lecture_layer, sel
 
     def run_raw(self) -> dict[str, Any]:
         t0 = time.perf_counter()
@@ -159,7 +212,7 @@ class _Session:
     def decide(self, layer: str, large_per_class: int) -> tuple[str, str, str]:
         """(strategy, layer, explanation) for `auto`: the lecture's four cases, measured."""
         per_class = int(torch.bincount(self.train.labels).min())
-        tr, _ = self.features(layer)
+        (tr,) = self.features(layer, splits=("train",))  # the training set only: the test set is not looked at
         feat = cv_accuracy(tr.x, tr.y, seed=self.seed)
         raw = cv_accuracy(self.train.images.flatten(1).float() / 255.0, self.train.labels, seed=self.seed)
         similar, large = feat >= raw, per_class >= large_per_class
@@ -174,7 +227,7 @@ class _Session:
             return "retrain", layer, f"case 4: large data, different: {size}, {sim} -> retrain all layers"
         best, best_acc = layer, feat
         for stage in [s["name"] for s in getattr(self.backbone.model, "feature_info", [])]:
-            stage_tr, _ = self.features(stage, _pool_for(self, stage))
+            (stage_tr,) = self.features(stage, _pool_for(self, stage), splits=("train",))
             acc = cv_accuracy(stage_tr.x, stage_tr.y, seed=self.seed)
             if acc > best_acc:
                 best, best_acc = stage, acc
@@ -194,17 +247,21 @@ def transfer(backbone: str | Backbone, data: Any, *, strategy: str = "auto", hea
              baselines: bool = True, seed: int = 0, steps: int = 300, lr: float = 3e-3, batch_size: int = 64,
              image_size: int | None = None, large_per_class: int = 500, cache_dir: str | Path | None = None,
              device: str = "cpu", precision: str = "auto", data_dir: str | Path | None = None,
-             verbose: bool = True) -> TransferResult:
+             auto_steps: int | None = None, verbose: bool = True) -> TransferResult:
     """Transfer `backbone` to `data` with one or more strategies (comma-separated, or "all"), each next to
     the two baselines on the same split: logistic regression on raw pixels, and the same architecture
-    trained from scratch. Writes `results.json` and `results.md` to `out` when given."""
+    trained from scratch. Writes `results.json` and `results.md` to `out` when given.
+
+    `auto` names the lecture's case, then measures the candidates (`features`, `finetune`, `retrain`) on
+    held-out parts of the training set (see `cnnlab.transfer_learning.auto`; `auto_steps` shortens the
+    costly candidates' runs there, default `steps`) and runs the best; `result.selection` holds its table."""
     wanted = list(STRATEGIES) if strategy == "all" else [s.strip() for s in str(strategy).split(",") if s.strip()]
     for s in wanted:
         if s not in STRATEGIES:
             raise CnnlabError(f"unknown strategy '{s}'; choose from: {', '.join(STRATEGIES)}, all (or a comma list)")
     if head not in HEADS:
         raise CnnlabError(f"unknown head '{head}'; choose one of: {', '.join(HEADS)}")
-    for label, v in (("steps", steps), ("batch_size", batch_size)):
+    for label, v in (("steps", steps), ("batch_size", batch_size), ("auto_steps", auto_steps or 1)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise CnnlabError(f"{label} must be a positive integer, got {v!r}")
     bb = backbone if isinstance(backbone, Backbone) else load_backbone(backbone)
@@ -214,31 +271,42 @@ def transfer(backbone: str | Backbone, data: Any, *, strategy: str = "auto", hea
     s = _Session(bb, ds, train, image_size=image_size, cache_dir=cache_dir, device=device, precision=precision,
                  seed=seed, steps=steps, lr=lr, batch_size=batch_size, log=log)
     log(f"backbone {bb}; data {ds.name}: {len(train)} training images, {len(ds.test)} test images")
+    if bb.config:
+        log(bb.config)
     log(f"adaptation: {s.adapter.describe()}")
-    rows, case = [], None
+    rows, case, selection = [], None, None
     for name in wanted:
         chosen, at = name, layer
         if name == "auto":
-            chosen, at, case = s.decide(layer, large_per_class)
-            log(f"auto: {case}")
+            case, _, selection = s.choose(layer, head, large_per_class, auto_steps or steps)
+            log(f"auto: lecture's rule: {case}")
+            log(f"auto: validation: {selection.protocol}; the test set is not used")
+            log(selection.table())
+            log(f"auto: {selection.verdict()}")
+            chosen, at = selection.choice["strategy"], selection.choice["layer"]
+        method = f"auto -> {chosen}" if name == "auto" else chosen
         if chosen == "features":
-            rows.append(s.run_features(at, head, "auto -> features" if name == "auto" else "features"))
+            rows.append(s.run_features(at, head, method))
         elif chosen == "finetune":
-            rows.append(s.run_finetune(at))
+            rows.append(s.run_finetune(at, method))
         else:
-            rows.append(s.run_retrain(at))
-        if name == "auto":
-            rows[-1]["method"] = f"auto -> {chosen}"
+            rows.append(s.run_retrain(at, method))
     if baselines:
         rows.append(s.run_raw())
         rows.append(s.run_scratch(layer))
     result = TransferResult(str(backbone), ds.name, rows, s.adapter.describe(), case,
                             details={"train_per_class": train_per_class, "seed": seed, "steps": steps, "lr": lr,
-                                     "backbone_source": bb.source, "weights_sha256": bb.weights_id})
+                                     "backbone_source": bb.source, "weights_sha256": bb.weights_id},
+                            selection=selection)
+    if selection is not None:
+        result.details["auto"] = selection.to_dict()
     if out is not None:
         result.path = Path(out)
         atomic_write_json(result.path / "results.json", result.to_dict())
-        atomic_write_text(result.path / "results.md", result.table() + "\n")
+        extra = "" if selection is None else (f"\n\nauto: lecture's rule: {case}\n\nauto: validation: "
+                                              f"{selection.protocol}\n\n{selection.table()}\n\n"
+                                              f"auto: {selection.verdict()}")
+        atomic_write_text(result.path / "results.md", result.table() + extra + "\n")
     return result
 
 

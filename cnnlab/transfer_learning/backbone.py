@@ -38,6 +38,14 @@ from cnnlab.core.run import open_run
 from cnnlab.core.weights import load_safetensors, safe_torch_load
 from cnnlab.errors import CnnlabError, did_you_mean
 from cnnlab.models import create_model, is_model_name, list_models, model_info
+from cnnlab.models.timm_models import (
+    create_timm_model,
+    describe_config,
+    intermediate,
+    is_timm_name,
+    pretrained_config,
+    split_timm_name,
+)
 from cnnlab.training.run import build_model, load_model
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -75,6 +83,8 @@ class Backbone:
     weights_id: str
     fresh: Callable[[], nn.Module]  # the same architecture with new random weights (the scratch baseline)
     fixed_size: bool = True  # True when the head depends on H and W (flatten before fc): inputs must match
+    interpolation: str = "bilinear"  # how inputs of another size are resized (timm's config: often bicubic)
+    config: str = ""  # the pretrained config in words, when the weights come with one (timm)
 
     def __repr__(self) -> str:
         c, h, w = self.input_size
@@ -96,7 +106,14 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise CnnlabError(f"weights file not found: '{path}'; give a .pth state dict or .safetensors file")
     if path.suffix == ".safetensors":
         return load_safetensors(path)
-    state = safe_torch_load(path)  # torch.load(weights_only=True): refuses code-running pickles, unrun
+    try:
+        state = safe_torch_load(path)  # torch.load(weights_only=True): refuses code-running pickles, unrun
+    except CnnlabError:
+        raise
+    except Exception as e:  # truncated or not a torch.save file at all: torch raises many kinds
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise CnnlabError(f"cannot read weights '{path}' ({type(e).__name__}: {first}); the file is damaged or "
+                          "not a torch.save state dict") from None
     for key in ("state_dict", "model"):  # common checkpoint wrappers around a state dict
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -116,7 +133,13 @@ def _load_into(model: nn.Module, state: dict[str, torch.Tensor], what: str) -> n
         w = state.get(f"{head_key}.weight") if head_key else None
         if w is not None and w.shape[0] != head.out_features:
             model.reset_classifier(int(w.shape[0]))
-    result = model.load_state_dict(state, strict=False)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shapes that do not fit: weights of another architecture or width
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip().startswith("size mismatch")]
+        raise CnnlabError(f"weights {what} do not match the model: {lines[0] if lines else str(e)[:200]}"
+                          f"{f' (and {len(lines) - 1} more)' if len(lines) > 1 else ''}; give weights saved from "
+                          "this architecture") from None
     if result.missing_keys or result.unexpected_keys:
         raise CnnlabError(f"weights {what} do not match the model: missing {list(result.missing_keys)[:3]}, "
                           f"unexpected {list(result.unexpected_keys)[:3]}; give weights saved from this architecture")
@@ -163,6 +186,8 @@ def load_backbone(text: str) -> Backbone:
                         tuple(card.std), weights_digest(model),
                         fresh=lambda: build_model(card.model, card.input_size, card.num_classes, card.model_options),
                         fixed_size=_head_depends_on_size(card.model))
+    if is_timm_name(text):
+        return _timm_backbone(text)
     name, _, where = text.partition(":")
     if not is_model_name(name):
         raise CnnlabError(f"unknown backbone '{text}': not a run directory, and '{name}' is no zoo model"
@@ -189,6 +214,28 @@ def load_backbone(text: str) -> Backbone:
     return Backbone(model.eval(), name, source, size, mean, std, weights_digest(model),
                     fresh=lambda: create_model(name, num_classes=num_classes),
                     fixed_size=_head_depends_on_size(name))
+
+
+def _timm_backbone(text: str) -> Backbone:
+    """`timm:NAME` (random), `timm:NAME:pretrained` (timm's download) or `timm:NAME:PATH` (a weights file);
+    input size, mean, std and interpolation from timm's pretrained config of the architecture."""
+    name, where = split_timm_name(text)
+    pretrained = where == "pretrained"
+    model = create_timm_model(name, pretrained=pretrained).eval()
+    if pretrained:
+        source = "pretrained (timm" + (f", {os.environ['CNNLAB_TIMM_URL']})" if os.environ.get("CNNLAB_TIMM_URL") else ")")
+    elif where in ("", "random"):
+        source = "random"
+    else:
+        path = Path(where).expanduser()
+        model = _load_into(model, _read_state_dict(path), f"'{path}'")
+        source = f"file {path}"
+    cfg = pretrained_config(model)
+    num_classes = model.num_classes
+    return Backbone(model, f"timm:{name}", source, tuple(int(v) for v in cfg["input_size"]), tuple(cfg["mean"]),
+                    tuple(cfg["std"]), weights_digest(model),
+                    fresh=lambda: create_timm_model(name, num_classes=num_classes), fixed_size=False,
+                    interpolation=str(cfg.get("interpolation") or "bilinear"), config=describe_config(cfg))
 
 
 def _head_depends_on_size(name: str) -> bool:
@@ -242,6 +289,9 @@ class Truncated(nn.Module):
         self.pool = pool
         self.model = model
         self._module_name = NAMED_CUTS.get(type(model).__name__, {}).get(layer, layer)
+        stages = [f.get("module") for f in getattr(model, "feature_info", None) or [] if isinstance(f, dict)]
+        timm_like = hasattr(model, "forward_intermediates") and layer in stages  # timm's stage dicts carry "module"
+        self._timm_stage = stages.index(layer) if timm_like else None
 
     @property
     def observed(self) -> tuple[str, ...]:
@@ -253,6 +303,9 @@ class Truncated(nn.Module):
             return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
         if self.layer == "features":
             return self.model.forward_features(x)
+        stage = self._timm_stage
+        if stage is not None:  # timm: the stage through its own forward_intermediates (stops after it)
+            return intermediate(self.model, x, stage)
         target = self.model.get_submodule(self._module_name)
         box: list[torch.Tensor] = []
 
