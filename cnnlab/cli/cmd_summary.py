@@ -28,10 +28,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "summary",
         help="layer table: output shapes, parameters, MACs, receptive fields",
         description="Print a model's layers with output shape, parameters, MACs, receptive field and jump "
-        "(input pixels). MODEL is a registered name (`cnnlab models`) or a spec in the lecture's notation, "
-        "e.g. \"conv3x3-32 maxpool2 conv3x3-64 maxpool2 fc10\".",
+        "(input pixels). MODEL is a registered name (`cnnlab models`), a spec in the lecture's notation, "
+        "e.g. \"conv3x3-32 maxpool2 conv3x3-64 maxpool2 fc10\", or timm:NAME (timm's architectures, needs timm).",
     )
-    p.add_argument("model", metavar="MODEL|SPEC", help="registered model name or spec (quote it)")
+    p.add_argument("model", metavar="MODEL|SPEC", help="registered model name, spec (quote it) or timm:NAME")
     p.add_argument("--input", metavar="CxHxW", help="input size; default: the model's own (specs: 1x28x28)")
     p.add_argument("--num-classes", type=int, metavar="N", help="classifier outputs (default: the model's)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")

@@ -37,7 +37,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                        description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
     g = p.add_argument_group("what to train")
-    g.add_argument("--model", help="registered name (`cnnlab models`) or spec; default simple_cnn")
+    g.add_argument("--model", help="registered name (`cnnlab models`), spec or timm:NAME; default simple_cnn")
     g.add_argument("--model-option", dest="extra", action="append", type=_model_option, metavar="KEY=VALUE",
                    help="builder option of a registered model, e.g. --model-option width=16 (repeatable)")
     g.add_argument("--data", help="dataset name (`cnnlab data list`); default fashion-mnist")

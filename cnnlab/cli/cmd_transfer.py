@@ -5,7 +5,9 @@
     cnnlab transfer probe --backbone vgg16:vgg16.pth --data digits --out DIR
 
 Backbones: a run directory, NAME:PATH (.pth state dict or .safetensors), NAME:imagenet (torchvision's
-published weights, checksum verified), NAME (random weights). Strategies: features (frozen backbone +
+published weights, checksum verified), NAME (random weights); timm's architectures as timm:NAME (random),
+timm:NAME:PATH or timm:NAME:pretrained (timm's download; $CNNLAB_TIMM_URL names a mirror), with timm's
+pretrained config (input size, mean/std, interpolation) applied and printed. Strategies: features (frozen backbone +
 classifier), finetune (head first, then all layers with small per-stage rates), retrain (all layers from
 the backbone's weights), auto (names the lecture's case, then measures the candidates on held-out parts
 of the training set and runs the best; the test set takes no part), all, or a comma list.
@@ -27,7 +29,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("action", nargs="?", choices=("run", "probe"), default="run",
                    help="run (default): the strategies and baselines; probe: a linear probe at every stage")
-    p.add_argument("--backbone", required=True, help="RUN_DIR, NAME:PATH, NAME:imagenet or NAME")
+    p.add_argument("--backbone", required=True,
+                   help="RUN_DIR, NAME:PATH, NAME:imagenet, NAME, or timm:NAME[:PATH|:pretrained] (needs timm)")
     p.add_argument("--data", required=True, help="dataset name (`cnnlab data list`)")
     p.add_argument("--data-dir", help="folder holding the dataset's files")
     p.add_argument("--strategy", default="auto", help="features, finetune, retrain, auto, all, or a comma list")
