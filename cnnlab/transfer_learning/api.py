@@ -110,9 +110,9 @@ class _Session:
         return r
 
     # ---- strategies ---------------------------------------------------------------------------
-    def run_features(self, layer: str, head: str, method: str = "features") -> dict[str, Any]:
+    def run_features(self, layer: str, head: str, method: str = "features", pool: str = "flatten") -> dict[str, Any]:
         t0 = time.perf_counter()
-        tr, te = self.features(layer)
+        tr, te = self.features(layer, pool)
         fitted = fit_head(head, tr.x, tr.y, num_classes=self.ds.num_classes, seed=self.seed)
         note = f"{tr.x.shape[1]:,} features, cache {'hit' if tr.cached and te.cached else 'miss'}"
         if "C" in fitted.info:
@@ -285,8 +285,13 @@ def transfer(backbone: str | Backbone, data: Any, *, strategy: str = "auto", hea
             log(f"auto: {selection.verdict()}")
             chosen, at = selection.choice["strategy"], selection.choice["layer"]
         method = f"auto -> {chosen}" if name == "auto" else chosen
-        if chosen == "features":
-            rows.append(s.run_features(at, head, method))
+        same = next((r for r in rows if r["method"] == chosen and r["layer"] == at
+                     and (chosen != "features" or r["head"] == head)), None)
+        if name == "auto" and same is not None:  # already run above with the same settings and seed
+            rows.append({**same, "method": method, "note": f"the {chosen} row above (same run); {same.get('note', '')}"})
+            log(f"  {method:<22} the {chosen} row above")
+        elif chosen == "features":  # an earlier stage than --layer (case 3) is pooled as `auto` measured it
+            rows.append(s.run_features(at, head, method, "flatten" if at == layer else _pool_for(s, at)))
         elif chosen == "finetune":
             rows.append(s.run_finetune(at, method))
         else:
