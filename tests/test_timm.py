@@ -164,7 +164,8 @@ def test_convnext_atto_receptive_fields_measured_by_gradients():
     assert rows["stages.1.blocks.1.drop_path"].receptive_field == [152, 152]  # 4 + 2*24 + 4 + 2*48: by hand
 
 
-def test_bad_input_is_one_line_exit_2(tmp_path):
+@pytest.mark.slow  # one fresh interpreter (cnnlab, torch and timm imported): ~5 s on 2 idle cores
+def test_bad_input_is_one_line_exit_2_and_timm_is_imported_only_when_asked(tmp_path):
     good = tmp_path / "w.safetensors"
     save_safetensors(good, _reference().state_dict())
     (tmp_path / "bad.pth").write_bytes(b"not a torch file")
@@ -178,7 +179,10 @@ def test_bad_input_is_one_line_exit_2(tmp_path):
         "no_timm": ["summary", "timm:convnext_atto"],
     }
     code = ("import sys, json\n"
-            "from cnnlab.cli.main import main\n"
+            "import cnnlab.models, cnnlab.transfer_learning, cnnlab.inspect, cnnlab.training\n"
+            "from cnnlab.cli.main import build_parser, main\n"
+            "build_parser()\n"
+            "print(json.dumps(['timm imported before asked', 'timm' in sys.modules]), flush=True)\n"
             f"cases = {cases!r}\n"
             "for key, argv in cases.items():\n"
             "    if key == 'no_timm':\n"
@@ -191,6 +195,7 @@ def test_bad_input_is_one_line_exit_2(tmp_path):
 
     rcs = dict(json.loads(line) for line in proc.stdout.splitlines() if line.startswith("["))
     errors = dict(zip(cases, proc.stderr.split("@@\n"), strict=False))
+    assert rcs.pop("timm imported before asked") is False  # timm is imported only when a timm: name is used
     assert rcs == dict.fromkeys(cases, 2), proc.stderr
     for key, text in errors.items():
         assert text.count("\n") == 1 and "Traceback" not in text, (key, text)
@@ -200,11 +205,3 @@ def test_bad_input_is_one_line_exit_2(tmp_path):
     assert "damaged" in errors["corrupt"] or "refused to load" in errors["corrupt"]  # torch reads it as a pickle
     assert "do not match" in errors["other"]
     assert "timm is not installed" in errors["no_timm"] and "pip install" in errors["no_timm"]
-
-
-def test_timm_is_imported_only_when_asked():
-    code = ("import sys\nimport cnnlab.models, cnnlab.transfer_learning, cnnlab.inspect, cnnlab.training\n"
-            "from cnnlab.cli.main import build_parser; build_parser()\n"
-            "print('timm' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
-    assert out.stdout.strip() == "False"

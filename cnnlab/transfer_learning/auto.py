@@ -108,7 +108,7 @@ class Selection:
         if self.agrees:
             return f"picked {what} (validation {100 * c['accuracy']:.2f}%); the lecture's rule agrees"
         mine = next((r for r in self.rows if (r["strategy"], r["layer"]) == (self.lecture, self.lecture_layer)), None)
-        theirs = f" ({100 * mine['accuracy']:.2f}%)" if mine is not None else ""
+        theirs = f", validation {100 * mine['accuracy']:.2f}%" if mine is not None else ""
         return (f"picked {what} (validation {100 * c['accuracy']:.2f}%); the lecture's rule ({rule}{theirs}) "
                 "disagrees")
 
