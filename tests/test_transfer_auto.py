@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from cnnlab.data.dataset import in_memory_dataset
+from cnnlab.models.spec import build_spec
 from cnnlab.transfer_learning.api import _Session
 from cnnlab.transfer_learning.auto import Candidate, select, validation_splits
-from cnnlab.transfer_learning.backbone import load_backbone
+from cnnlab.transfer_learning.backbone import Backbone, weights_digest
 
 
 @pytest.mark.parametrize("per_class", [2, 5, 10, 34])
@@ -68,6 +69,7 @@ class _Untouchable:
         raise AssertionError("the test set was read (len)")
 
 
+@pytest.mark.slow  # ~6 s on 2 idle AVX2 cores: 9 short training runs (each Trainer set-up ~0.4 s)
 def test_auto_choice_never_reads_the_test_set(tmp_path):
     g = torch.Generator().manual_seed(0)
     labels = torch.arange(12) % 3
@@ -76,7 +78,10 @@ def test_auto_choice_never_reads_the_test_set(tmp_path):
         images[labels == c, :, 4 * c:4 * c + 3, 2:10] += 150
     ds = in_memory_dataset("toy", ["a", "b", "c"], "test", (images, labels), (images[:3], labels[:3]))
     ds = dataclasses.replace(ds, test=_Untouchable())
-    bb = load_backbone("simple_cnn")
+    torch.manual_seed(0)
+    net = build_spec("conv3x3-8 maxpool2 fc3", (1, 12, 12)).eval()  # 288 features: a small, fast backbone
+    bb = Backbone(net, "tiny", "random", (1, 12, 12), None, None, weights_digest(net),
+                  fresh=lambda: build_spec("conv3x3-8 maxpool2 fc3", (1, 12, 12)))
     s = _Session(bb, ds, ds.train, image_size=None, cache_dir=tmp_path, device="cpu", precision="fp32", seed=0,
                  steps=1, lr=3e-3, batch_size=8, log=lambda *_: None)
     case, _, sel = s.choose("pre_logits", "logreg", large_per_class=500, steps=1)
