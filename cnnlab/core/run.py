@@ -52,6 +52,9 @@ class ModelCard:
     accuracy: float | None = None  # held-out accuracy at that epoch, in [0, 1]
     format: str = WEIGHTS_FORMAT
     extra: dict[str, Any] = field(default_factory=dict)
+    # softmax temperature fitted on the validation split by `cnnlab calibrate` (1.0: not calibrated);
+    # predict, eval, export and the report divide log-probabilities by it (argmax unchanged)
+    temperature: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -99,6 +102,9 @@ class ModelCard:
             raise bad("input_size", "[C, H, W] with C means and C stds")
         if len(d["classes"]) != d["num_classes"]:
             raise bad("classes", f"{d['num_classes']} names (num_classes)")
+        t = d.get("temperature", 1.0)
+        if not isinstance(t, (int, float)) or isinstance(t, bool) or not 0.0 < t < float("inf"):
+            raise bad("temperature", "a positive finite number (run `cnnlab calibrate` again)")
         return cls(**d)
 
 

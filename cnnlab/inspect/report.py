@@ -166,12 +166,32 @@ def gradient_table(records: list[dict[str, Any]]) -> str:
             + (_note(f"non-finite norm in {len(bad)} layer(s): {', '.join(bad[:10])}") if bad else ""))
 
 
+def calibration_section(folder: Path, which: str, temperature: float) -> str:
+    """The temperature, the test figures before and after and reliability.png, when `cnnlab calibrate` ran."""
+    if temperature == 1.0:
+        return _note("not calibrated: probabilities are the raw softmax (run `cnnlab calibrate RUN`)")
+    suffix = "" if which == "best" else f"-{which}"
+    body = f"<p>softmax temperature <b>{temperature:.4f}</b> (probabilities below are calibrated with it)</p>"
+    try:
+        record = json.loads((folder / f"calibration{suffix}.json").read_text())
+        rows = [[name, _fmt(record["before"].get(k), spec), _fmt(record["after"].get(k), spec)]
+                for name, k, spec in (("accuracy", "accuracy", ".4f"), ("NLL", "nll", ".4f"),
+                                      ("Brier score", "brier", ".4f"), ("ECE (15 bins)", "ece", ".4f"))]
+        body += _table(["test split", "before", "after"], rows, numeric={1, 2})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        body += _note(f"calibration{suffix}.json is missing or damaged")
+    png = folder / f"reliability{suffix}.png"
+    if png.is_file():
+        body += _img(png.read_bytes(), "reliability diagram")
+    return body
+
+
 def _evaluate(run_dir, model, card, data_dir, errors: int) -> dict[str, Any]:
     """One float32 pass over the test split: accuracy, confusion, per-class accuracy, worst mistakes."""
     import torch  # noqa: PLC0415
 
     part = run_split(run_dir, card, "test", None, data_dir)
-    predicted, confidence = maps.predict_images(model, part.images, card.mean, card.std)
+    predicted, confidence = maps.predict_images(model, part.images, card.mean, card.std, temperature=card.temperature)
     k = card.num_classes
     confusion = torch.bincount(part.labels * k + predicted, minlength=k * k).view(k, k)  # rows: true
     mistakes, wrong = maps.confident_mistakes(predicted, confidence, part.labels, errors)
@@ -284,6 +304,11 @@ def build_report(run: str | Path, out: str | Path | None = None, *, which: str =
         parts.append(_section(f"Confusion matrix: {_pct(ev['accuracy'])} on the test split", body, "confusion"))
     else:
         parts.append(_section("Confusion matrix", _note(eval_note), "confusion"))
+
+    # -- calibration (`cnnlab calibrate`)
+    parts.append(_section("Calibration", calibration_section(run_dir.path, which, card.temperature), "calibration"))
+    images += int((run_dir.path / ("reliability.png" if which == "best" else f"reliability-{which}.png")).is_file()
+                  and card.temperature != 1.0)
 
     # -- filters
     try:

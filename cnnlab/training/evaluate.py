@@ -34,6 +34,7 @@ class EvalResult:
     accuracy: float  # share of images whose top-1 prediction is right, in [0, 1]
     confusion: torch.Tensor  # (K, K) int64, rows: true class, columns: predicted class
     classes: list[str]
+    temperature: float = 1.0  # the softmax temperature the loss was computed with (`cnnlab calibrate`)
 
     @property
     def count(self) -> int:
@@ -51,7 +52,8 @@ class EvalResult:
         """Per-class accuracy and the confusion matrix as text."""
         k = len(self.classes)
         width = max(5, *(len(c) for c in self.classes))
-        lines = [f"accuracy {100 * self.accuracy:.2f}% on {self.count} images, loss {self.loss:.4f}", "",
+        calibrated = f" (calibrated, temperature {self.temperature:.3f})" if self.temperature != 1.0 else ""
+        lines = [f"accuracy {100 * self.accuracy:.2f}% on {self.count} images, loss {self.loss:.4f}{calibrated}", "",
                  f"{'class':<{width}}  accuracy  images"]
         totals = self.confusion.sum(dim=1)
         for (name, acc), n in zip(self.per_class.items(), totals.tolist(), strict=True):
@@ -67,7 +69,8 @@ class EvalResult:
 
 @torch.inference_mode()
 def evaluate_split(model: nn.Module, split, prep: Preprocess, precision: Precision, num_classes: int,
-                   classes: list[str] | None = None, batch_size: int = 256, tta: str = "none") -> EvalResult:
+                   classes: list[str] | None = None, batch_size: int = 256, tta: str = "none",
+                   temperature: float = 1.0) -> EvalResult:
     """Evaluate `model` (already on `precision.device`) on every image of `split`; with a `tta` mode
     other than "none" on the mean of the softmax over the views of each image (N, C, H, W), the loss then
     being the negative log of that mean probability of the true class (`cnnlab.training.tta`)."""
@@ -78,7 +81,7 @@ def evaluate_split(model: nn.Module, split, prep: Preprocess, precision: Precisi
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
     for images, labels in split.batches(batch_size, shuffle=False, device=device):
-        logits = tta_log_probs(model, images, prep, tta, precision.autocast)  # log-probabilities, (N, K)
+        logits = tta_log_probs(model, images, prep, tta, precision.autocast, temperature)  # log-probabilities, (N, K)
         loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
         confusion += torch.bincount(labels * num_classes + logits.argmax(1), minlength=num_classes * num_classes)
     model.train(was_training)
@@ -87,7 +90,7 @@ def evaluate_split(model: nn.Module, split, prep: Preprocess, precision: Precisi
     if n == 0:
         raise CnnlabError("cannot evaluate on an empty split (0 images)")
     return EvalResult(float(loss_sum) / n, float(confusion.diag().sum()) / n, confusion,
-                      list(classes) if classes else [str(i) for i in range(num_classes)])
+                      list(classes) if classes else [str(i) for i in range(num_classes)], temperature)
 
 
 def evaluate(run: str | Path, data=None, *, which: str = "best", split: str = "test", data_dir=None,
@@ -124,4 +127,4 @@ def evaluate(run: str | Path, data=None, *, which: str = "best", split: str = "t
     if prec.channels_last:
         model = model.to(memory_format=torch.channels_last)
     prep = Preprocess(card.mean, card.std, prec.device, prec.channels_last)
-    return evaluate_split(model, part, prep, prec, card.num_classes, card.classes, batch_size, tta)
+    return evaluate_split(model, part, prep, prec, card.num_classes, card.classes, batch_size, tta, card.temperature)
