@@ -35,6 +35,7 @@ from torch import nn
 from cnnlab.core.preprocess import Preprocess
 from cnnlab.core.run import RunDir
 from cnnlab.core.runlock import RunLock
+from cnnlab.data.audit import cross_split_warning
 from cnnlab.errors import CnnlabError
 from cnnlab.layers.fusion import fuse
 from cnnlab.models.downsampling import downsampling_warning
@@ -184,6 +185,8 @@ class Trainer:
                 f"{tuple(self.augment.output_size(self.input_size))}; test images would not match; use size-preserving ops"
             )
         self.held_name = "val" if ds.val is not None and cfg.val_fraction > 0 else "test"
+        if note := cross_split_warning(ds):  # identical images in two splits inflate the held-out accuracy
+            self.warn(f"warning: {note}")
 
         torch.manual_seed(cfg.seed)  # the initial weights depend on the seed alone
         options = dict(cfg.extra)
