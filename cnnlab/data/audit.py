@@ -14,7 +14,9 @@ Duplicates, within each split and across splits (train/val against test, train a
   and JPEG re-encoding (copies of Fashion-MNIST images resized to 45x45 and saved as JPEG at quality 75 land
   0-2 bits from the original, with a thumbnail difference of 1.2-1.6), but at 28x28 it is coarse: 582 pairs
   of *different* Fashion-MNIST images share all 64 bits (their median thumbnail difference is 15). The
-  pixel check keeps what a person would call the same picture. Measured in docs/audit.md.
+  pixel check keeps what a person would call the same picture. A featureless (smooth, nearly blank)
+  image has coefficients close to the median whose bits flip under re-encoding: its near-copies can be
+  missed. Measured in docs/audit.md.
 
 The near-duplicate search is multi-index hashing: the 64 bits are cut into `HAMMING + 1` bands; two hashes
 within `HAMMING` bits agree exactly on at least one band (pigeonhole), so only images sharing a band value
