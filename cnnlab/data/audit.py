@@ -12,8 +12,8 @@ Duplicates, within each split and across splits (train/val against test, train a
   thumbnail, each bit "above the median") within `HAMMING` = 4 bits, **and** a mean absolute difference of
   the two 16x16 grayscale thumbnails of at most `PIXEL_DIFF` = 3 (of 255). Why both: pHash survives resizing
   and JPEG re-encoding (copies of Fashion-MNIST images resized to 45x45 and saved as JPEG at quality 75 land
-  0-2 bits from the original, with a thumbnail difference of 1.2-1.6), but at 28x28 it is coarse: 582 pairs
-  of *different* Fashion-MNIST images share all 64 bits (their median thumbnail difference is 15). The
+  0-2 bits from the original, with a thumbnail difference of 1.2-1.6), but at 28x28 it is coarse: 419 groups
+  of *different* Fashion-MNIST images (up to 19 in one) share all 64 bits (median thumbnail difference 15). The
   pixel check keeps what a person would call the same picture. A featureless (smooth, nearly blank)
   image has coefficients close to the median whose bits flip under re-encoding: its near-copies can be
   missed. Measured in docs/audit.md.

@@ -2,7 +2,8 @@
 
 The exported model takes float images `(N, C, H, W)` in [0, 1] (the batch size is free) and returns
 logits `(N, K)`; the training mean/std are baked in as its first operation, so a deployment needs only
-the classes, written beside it as `<file>.json`.
+the classes, written beside it as `<file>.json`. A run calibrated by `cnnlab calibrate` exports its logits
+divided by the temperature, so their softmax is the calibrated probability (the top class is unchanged).
 
 Every export is checked before it is kept: the file is loaded the way a deployment would load it (ONNX
 Runtime for ONNX, `torch.jit.load` for TorchScript) and run on a batch of `VERIFY_BATCH` random images
