@@ -27,14 +27,14 @@ import time
 CHILD = r"""
 import sys, time, torch, torch.nn.functional as F
 from cnnlab.layers import fuse
-from cnnlab.models import create_model
+from cnnlab.models import resolve_model
 from cnnlab.training.precision import resolve_precision
 threads, steps, model_name = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 if threads:
     torch.set_num_threads(threads)
 prec = resolve_precision("auto", "cpu")
 torch.manual_seed(0)
-m = fuse(create_model(model_name, input_size=(1, 28, 28), num_classes=10)).to(memory_format=torch.channels_last)
+m = fuse(resolve_model(model_name, (1, 28, 28), 10)[0]).to(memory_format=torch.channels_last)
 opt = torch.optim.Adam(m.parameters(), 1e-3, fused=True)
 x = torch.randn(128, 1, 28, 28).contiguous(memory_format=torch.channels_last)
 y = torch.randint(0, 10, (128,))

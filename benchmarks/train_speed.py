@@ -4,6 +4,15 @@
     python benchmarks/train_speed.py --throughput-only
     python benchmarks/train_speed.py --time-to-accuracy-only --recipes fashion-mnist-94 --plain-epochs 0
     python benchmarks/train_speed.py --quick          # 1 epoch each, short time-to-accuracy budget
+    python benchmarks/train_speed.py --throughput-only --background-load 1   # quiet vs one busy process
+    python benchmarks/train_speed.py --time-to-accuracy-only --recipes fashion-mnist-94 --seeds 3 --plain-epochs 0
+
+The machine line names the CPU model, its instruction-set class (AVX2, AVX-512, AVX512-BF16, AMX, NEON;
+`cnnlab.core.machine`), cores and threads, and the peak measured here: the GFLOP/s of a large fp32
+matmul (and bf16 where the CPU runs it natively). Each throughput row adds the training GFLOP/s it
+achieved (`cnnlab summary`'s MACs per image x 2 FLOP per MAC x 3 for the forward and the two backward
+products) and that as a share of the peak of the dtype it computes in: how far from the machine's limit
+each contestant runs.
 
 Throughput: the same model (`simple_cnn`, the lecture's conv3x3-32 maxpool2 conv3x3-64 maxpool2 fc10),
 data (Fashion-MNIST), batch (128), optimizer (Adam, lr 1e-3, constant) and epochs, with
@@ -15,9 +24,17 @@ Images/s count training only (evaluation excluded); timing is wall clock per epo
 turns in `--rounds` rounds (default 2) and each row reports its median epoch, so a slow spell of a shared
 machine falls on both sides of the ratio rather than on one.
 
+Like the `cnnlab` command, the benchmark makes idle OpenMP threads sleep (OMP_WAIT_POLICY=PASSIVE,
+`cnnlab.runtime.tune_openmp`) unless OMP_WAIT_POLICY is set; every contestant runs in this process, so
+all get it. `--background-load N` runs each round twice, quiet and beside N competing busy processes,
+and reports both and their ratio; `--threads N|auto` sets torch's threads for every contestant (auto:
+the usable CPUs less those other processes keep busy, measured before each contestant, as
+`cnnlab train --threads auto` does).
+
 Time to accuracy: wall seconds (data loading, training and per-epoch evaluation included) until the test
-accuracy first reaches 90/92/93/94%, for cnnlab's recipes and for the plain loop. Numbers are noisy on a
-shared machine: read the ratios, which are measured in the same run.
+accuracy first reaches 90/92/93/94%, for cnnlab's recipes and for the plain loop; with `--seeds N`
+each recipe runs N seeds and the table gives the final accuracy's mean and spread and the mean time.
+Numbers are noisy on a shared machine: read the ratios, which are measured in the same run.
 """
 
 from __future__ import annotations
@@ -25,10 +42,19 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
+import subprocess
+import sys
 import time
 
-import torch
-import torch.nn.functional as F
+from cnnlab.runtime import tune_openmp
+
+tune_openmp()  # before torch starts OpenMP, as the `cnnlab` command does it
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from cnnlab.core import machine as mach  # noqa: E402
 
 THRESHOLDS = (0.90, 0.92, 0.93, 0.94)
 
@@ -39,18 +65,60 @@ def machine() -> str:
     from cnnlab.layers._native import status as kernel_status
     from cnnlab.training.precision import cpu_supports_bf16
 
+    from cnnlab.runtime import openmp_status
+
     library()  # builds (once) and loads the C kernel, as the cnnlab runs below do through cnnlab.fuse
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{cpu}; {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}, "
-            f"capability {torch.backends.cpu.get_cpu_capability()}, native bf16 {cpu_supports_bf16()}; "
+    return (f"{mach.one_line()}; native bf16 {cpu_supports_bf16()}; "
             f"torch {torch.__version__}, Python {platform.python_version()}; load average at start {load:.1f}; "
-            f"{kernel_status()}")
+            f"{kernel_status()}; OpenMP: {openmp_status()}")
+
+
+def peaks() -> dict[str, float]:
+    """GFLOP/s of a 2048x2048 matmul: fp32, and bf16 where the CPU runs it natively."""
+    from cnnlab.training.precision import cpu_supports_bf16
+
+    out = {"fp32": mach.matmul_peak(torch.float32)}
+    if cpu_supports_bf16():
+        out["bf16"] = mach.matmul_peak(torch.bfloat16)
+    return out
+
+
+def train_flop_per_image(model: str = "simple_cnn", input_size=(1, 28, 28)) -> float:
+    """FLOP to train on one image: the summary's MACs (forward) x 2 FLOP/MAC x 3 (forward, and the
+    backward pass's gradients with respect to the inputs and to the weights, one product each)."""
+    from cnnlab.inspect.layer_summary import trace
+    from cnnlab.models import resolve_model
+
+    return trace(resolve_model(model, input_size, 10)[0], input_size).total_macs * 2 * 3
+
+
+# ---- a competing busy process, and threads -----------------------------------------------------
+class BackgroundLoad:
+    """`n` busy processes (a Python busy loop each) for the duration of a `with` block; n=0: none."""
+
+    def __init__(self, n: int):
+        self.n, self.procs = n, []
+
+    def __enter__(self):
+        self.procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(self.n)]
+        if self.n:
+            time.sleep(0.5)
+        return self
+
+    def __exit__(self, *exc):
+        for p in self.procs:
+            p.kill()
+            p.wait()
+
+
+def apply_threads(threads: str) -> int:
+    """Set torch's threads as `--threads` says ('' leaves them; 'auto' measures other processes first)."""
+    if threads == "auto":
+        torch.set_num_threads(mach.threads_for(mach.others_busy(0.5)))
+    elif threads:
+        torch.set_num_threads(int(threads))
+    return torch.get_num_threads()
 
 
 # ---- (a) cnnlab --------------------------------------------------------------------------------
