@@ -63,9 +63,8 @@ THRESHOLDS = (0.90, 0.92, 0.93, 0.94)
 def machine() -> str:
     from cnnlab.layers._native import library
     from cnnlab.layers._native import status as kernel_status
-    from cnnlab.training.precision import cpu_supports_bf16
-
     from cnnlab.runtime import openmp_status
+    from cnnlab.training.precision import cpu_supports_bf16
 
     library()  # builds (once) and loads the C kernel, as the cnnlab runs below do through cnnlab.fuse
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -249,10 +248,17 @@ def main() -> None:
                     help="epochs of the plain loop for time-to-accuracy (0: leave it out)")
     ap.add_argument("--throughput-only", action="store_true", help="skip the time-to-accuracy table")
     ap.add_argument("--time-to-accuracy-only", action="store_true", help="skip the throughput table")
-    ap.add_argument("--recipes", default="fashion-mnist,fashion-mnist-94",
-                    help="comma-separated recipes for time to accuracy (default fashion-mnist,fashion-mnist-94)")
+    ap.add_argument("--recipes", default="fashion-mnist-90-1epoch,fashion-mnist-94-fast",
+                    help="comma-separated recipes for time to accuracy (default fashion-mnist-90-1epoch,fashion-mnist-94-fast)")
+    ap.add_argument("--seeds", type=_positive, default=1,
+                    help="seeds per recipe for time to accuracy: mean and spread of the final accuracy (default 1)")
     ap.add_argument("--levers", action="store_true", help="also cnnlab in fp32 and without channels_last")
     ap.add_argument("--quick", action="store_true", help="1 epoch each, short time-to-accuracy runs")
+    ap.add_argument("--background-load", type=int, default=0, metavar="N",
+                    help="throughput also beside N competing busy processes, each round quiet then loaded")
+    ap.add_argument("--threads", default="", help="torch threads for every contestant: a number or auto "
+                    "(the usable CPUs less those other processes keep busy, measured before each contestant)")
+    ap.add_argument("--no-peak", action="store_true", help="skip measuring the matmul peak")
     ap.add_argument("--out", default="runs/bench", help="folder for cnnlab's run directories")
     args = ap.parse_args()
     if args.quick:
@@ -260,62 +266,103 @@ def main() -> None:
     stamp = time.strftime("%Y%m%d-%H%M%S")
 
     print(f"machine: {machine()}")
+    peak = {} if args.no_peak else peaks()
+    if peak:
+        print("peak (2048x2048 matmul, best of ~1 s): " + ", ".join(f"{k} {v:,.0f} GFLOP/s" for k, v in peak.items())
+              + ("" if "bf16" in peak else "; bf16 not native here (emulated), not measured"))
     if not args.time_to_accuracy_only:
-        throughput(args, stamp)
+        throughput(args, stamp, peak)
     if not args.throughput_only:
         time_to_accuracy(args, stamp)
 
 
-def throughput(args: argparse.Namespace, stamp: str) -> None:
+def throughput(args: argparse.Namespace, stamp: str, peak: dict[str, float]) -> None:
+    from cnnlab.training.precision import resolve_precision
+
+    flop = train_flop_per_image()
     print(f"\n## Throughput: simple_cnn, Fashion-MNIST, batch 128, Adam 1e-3, {args.epochs} epoch(s) each, "
-          f"{args.rounds} round(s)")
-    contestants = [("cnnlab (auto: bf16 where supported, channels_last, fused Adam)", {})]
+          f"{args.rounds} round(s); {flop / 1e6:.1f} MFLOP to train on one image (summary MACs x 2 x 3)")
+    auto = resolve_precision("auto", "cpu").name
+    contestants = [(f"cnnlab (auto: {auto}, channels_last, fused Adam, fused pools)", {}, auto)]
     if args.levers:
-        contestants += [("cnnlab fp32, channels_last", {"precision": "fp32"}),
-                        ("cnnlab fp32, NCHW", {"precision": "fp32", "channels_last": False})]
-    plain_name = "plain PyTorch loop (DataLoader, fp32)"
-    rows: dict[str, list[list[dict]]] = {name: [] for name, _ in contestants}
-    rows[plain_name] = []
-    keras_name, skipped = "Keras 3 on TensorFlow CPU", None
+        contestants += [("cnnlab fp32, channels_last", {"precision": "fp32"}, "fp32"),
+                        ("cnnlab fp32, NCHW", {"precision": "fp32", "channels_last": False}, "fp32"),
+                        ("cnnlab fp32, channels_last, without cnnlab.fuse", {"precision": "fp32", "fuse": False}, "fp32")]
+    plain_name, keras_name = "plain PyTorch loop (DataLoader, fp32)", "Keras 3 on TensorFlow CPU (fp32)"
+    dtypes = {name: d for name, _, d in contestants} | {plain_name: "fp32", keras_name: "fp32"}
+    loads = [0] + ([args.background_load] if args.background_load else [])
+    rows: dict[tuple[str, int], list[list[dict]]] = {}
+    threads_used: dict[int, set[int]] = {n: set() for n in loads}
+    skipped = None
     # Rounds alternate the contestants, so a slow spell of a shared machine hits both sides of the ratio.
     for r in range(args.rounds):
-        for i, (name, options) in enumerate(contestants):
-            rows[name].append(run_cnnlab(args.epochs, f"{args.out}/{stamp}-throughput-{i}-{r}", **options))
-        rows[plain_name].append(run_plain(args.epochs))
-        if skipped is None:
-            keras = run_keras(args.epochs)
-            if isinstance(keras, str):
-                skipped = keras
-            else:
-                rows.setdefault(keras_name, []).append(keras)
-    base = median_rate(rows[plain_name])
-    print(f"| {'how':<64} | images/s | × plain loop | test acc after {args.epochs} | epochs' images/s |")
-    print(f"|{'-' * 66}|---------:|-------------:|---------:|---|")
-    for name, runs in rows.items():
-        rate = median_rate(runs)
-        every = ", ".join(f"{rec['images_per_second']:,.0f}" for recs in runs for rec in recs)
-        print(f"| {name:<64} | {rate:>8,.0f} | {rate / base:>12.2f} | {100 * runs[0][-1]['test_accuracy']:>7.2f}% | {every} |")
-    if skipped:
-        print(f"| {keras_name:<64} | {skipped} |")
+        for load in loads:
+            with BackgroundLoad(load):
+                for i, (name, options, _) in enumerate(contestants):
+                    threads_used[load].add(apply_threads(args.threads))
+                    rows.setdefault((name, load), []).append(
+                        run_cnnlab(args.epochs, f"{args.out}/{stamp}-throughput-{i}-{r}-{load}", **options))
+                threads_used[load].add(apply_threads(args.threads))
+                rows.setdefault((plain_name, load), []).append(run_plain(args.epochs))
+                if skipped is None:
+                    threads_used[load].add(apply_threads(args.threads))
+                    keras = run_keras(args.epochs)
+                    if isinstance(keras, str):
+                        skipped = keras
+                    else:
+                        rows.setdefault((keras_name, load), []).append(keras)
+    for load in loads:
+        where = "quiet (no background load)" if not load else f"beside {load} competing busy process(es)"
+        print(f"\n### {where}; torch threads {', '.join(map(str, sorted(threads_used[load])))}")
+        base = median_rate(rows[(plain_name, load)])
+        quiet_col = " | × its quiet rate" if load else ""
+        print(f"| {'how':<64} | images/s | × plain loop | GFLOP/s | of peak{quiet_col} | test acc after {args.epochs} "
+              f"| epochs' images/s |")
+        print(f"|{'-' * 66}|---------:|-------------:|--------:|--------:|{'-------:|' if load else ''}---------:|---|")
+        for (name, row_load), runs in rows.items():
+            if row_load != load:
+                continue
+            rate = median_rate(runs)
+            gflops = rate * flop / 1e9
+            dt = dtypes[name]
+            share = f"{100 * gflops / peak[dt]:.0f}% {dt}" if dt in peak else "–"
+            quiet = f" | {rate / median_rate(rows[(name, 0)]):.2f}" if load else ""
+            every = ", ".join(f"{rec['images_per_second']:,.0f}" for recs in runs for rec in recs)
+            print(f"| {name:<64} | {rate:>8,.0f} | {rate / base:>12.2f} | {gflops:>7.1f} | {share:>7}{quiet} "
+                  f"| {100 * runs[0][-1]['test_accuracy']:>7.2f}% | {every} |")
+        if skipped:
+            print(f"| {keras_name:<64} | {skipped} |")
 
 
 def time_to_accuracy(args: argparse.Namespace, stamp: str) -> None:
     print("\n## Time to accuracy on Fashion-MNIST (wall seconds, data loading and evaluation included)")
     contestants = []
+    seeds = range(args.seeds)
     for name in ("fashion-mnist",) if args.quick else [r.strip() for r in args.recipes.split(",") if r.strip()]:
-        opts = _recipe(name)
-        epochs = 2 if args.quick else opts.pop("epochs")
-        opts.pop("epochs", None)
-        contestants.append((f"cnnlab --recipe {name}", run_cnnlab(epochs, f"{args.out}/{stamp}-{name}", **opts)))
+        for seed in seeds:
+            opts = _recipe(name)
+            epochs = 2 if args.quick else opts.pop("epochs")
+            opts.pop("epochs", None)
+            label = f"cnnlab --recipe {name}" + (f" --seed {seed}" if args.seeds > 1 else "")
+            contestants.append((label, name, run_cnnlab(epochs, f"{args.out}/{stamp}-{name}-s{seed}", seed=seed, **opts)))
     if args.plain_epochs > 0:
-        contestants.append((f"plain PyTorch loop ({args.plain_epochs} epochs)", run_plain(args.plain_epochs)))
-    print("| test accuracy | " + " | ".join(name for name, _ in contestants) + " |")
+        contestants.append((f"plain PyTorch loop ({args.plain_epochs} epochs)", "plain", run_plain(args.plain_epochs)))
+    print("| test accuracy | " + " | ".join(label for label, _, _ in contestants) + " |")
     print("|---|" + "---|" * len(contestants))
     for t in THRESHOLDS:
-        print(f"| {100 * t:.0f}% | " + " | ".join(first_reach(recs, t) for _, recs in contestants) + " |")
-    for name, recs in contestants:
-        print(f"{name}: final test accuracy {100 * recs[-1]['test_accuracy']:.2f}% after {recs[-1]['epoch']} epochs, "
+        print(f"| {100 * t:.0f}% | " + " | ".join(first_reach(recs, t) for _, _, recs in contestants) + " |")
+    for label, _, recs in contestants:
+        print(f"{label}: final test accuracy {100 * recs[-1]['test_accuracy']:.2f}% after {recs[-1]['epoch']} epochs, "
               f"{recs[-1]['wall']:.1f} s")
+    if args.seeds > 1:
+        print("\n| recipe | seeds | final test accuracy, mean ± std | min–max | wall seconds, mean ± std |")
+        print("|---|---:|---:|---:|---:|")
+        for name in dict.fromkeys(n for _, n, _ in contestants if n != "plain"):
+            finals = [recs[-1] for _, n, recs in contestants if n == name]
+            acc = [100 * r["test_accuracy"] for r in finals]
+            wall = [r["wall"] for r in finals]
+            print(f"| {name} | {len(acc)} | {statistics.mean(acc):.2f}% ± {statistics.stdev(acc):.2f} | "
+                  f"{min(acc):.2f}–{max(acc):.2f}% | {statistics.mean(wall):.1f} ± {statistics.stdev(wall):.1f} |")
 
 
 def _positive(text: str) -> int:
