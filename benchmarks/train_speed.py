@@ -57,6 +57,7 @@ import torch.nn.functional as F  # noqa: E402
 from cnnlab.core import machine as mach  # noqa: E402
 
 THRESHOLDS = (0.90, 0.92, 0.93, 0.94)
+DEVICE = "cpu"  # --device: where every contestant trains
 
 
 # ---- machine -----------------------------------------------------------------------------------
@@ -74,9 +75,13 @@ def machine() -> str:
 
 
 def peaks() -> dict[str, float]:
-    """GFLOP/s of a 2048x2048 matmul: fp32, and bf16 where the CPU runs it natively."""
+    """GFLOP/s of a 2048x2048 matmul: fp32, and bf16 where the CPU runs it natively (on CUDA: a 4096
+    matmul in fp32 (TF32 as PyTorch's default allows it), bf16 and fp16)."""
     from cnnlab.training.precision import cpu_supports_bf16
 
+    if DEVICE.startswith("cuda"):
+        return {name: mach.matmul_peak(dt, n=4096, device=DEVICE)
+                for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16))}
     out = {"fp32": mach.matmul_peak(torch.float32)}
     if cpu_supports_bf16():
         out["bf16"] = mach.matmul_peak(torch.bfloat16)
@@ -132,7 +137,7 @@ def run_cnnlab(epochs: int, out: str, **options) -> list[dict]:
             metrics["wall"] = time.perf_counter() - start
 
     opts = dict(model="simple_cnn", data="fashion-mnist", batch_size=128, optimizer="adam", lr=1e-3,
-                schedule="constant", augment="none")
+                schedule="constant", augment="none", device=DEVICE)
     opts.update(options)
     result = train(**opts, epochs=epochs, out=out, quiet=True, verbose=False, callbacks=[Wall()])
     return result.history
@@ -163,7 +168,7 @@ def run_plain(epochs: int, budget_s: float = float("inf")) -> list[dict]:
     train_loader = DataLoader(TensorDataset(x_train, ds.train.labels), batch_size=128, shuffle=True)
     test_loader = DataLoader(TensorDataset(x_test, ds.test.labels), batch_size=1000)
     torch.manual_seed(0)
-    model = plain_simple_cnn()
+    model = plain_simple_cnn().to(DEVICE)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     records = []
     for epoch in range(1, epochs + 1):
@@ -171,17 +176,20 @@ def run_plain(epochs: int, budget_s: float = float("inf")) -> list[dict]:
         t0 = time.perf_counter()
         seen = 0
         for data, target in train_loader:
+            data, target = data.to(DEVICE), target.to(DEVICE)
             optimizer.zero_grad()
             loss = F.cross_entropy(model(data), target)
             loss.backward()
             optimizer.step()
             seen += len(target)
+        if DEVICE.startswith("cuda"):
+            torch.cuda.synchronize()
         train_s = time.perf_counter() - t0
         model.eval()
         correct = 0
         with torch.no_grad():
             for data, target in test_loader:
-                correct += int((model(data).argmax(1) == target).sum())
+                correct += int((model(data.to(DEVICE)).argmax(1).cpu() == target).sum())
         records.append({"epoch": epoch, "test_accuracy": correct / len(ds.test), "train_seconds": train_s,
                         "images_per_second": seen / train_s, "wall": time.perf_counter() - start})
         if records[-1]["wall"] > budget_s:
@@ -191,6 +199,8 @@ def run_plain(epochs: int, budget_s: float = float("inf")) -> list[dict]:
 
 # ---- (c) Keras 3 -------------------------------------------------------------------------------
 def run_keras(epochs: int) -> list[dict] | str:
+    if DEVICE != "cpu":
+        return f"skipped on {DEVICE}: the bench extra installs TensorFlow for the CPU"
     try:
         os.environ.setdefault("KERAS_BACKEND", "tensorflow")
         import keras  # noqa: F401
@@ -259,13 +269,18 @@ def main() -> None:
     ap.add_argument("--threads", default="", help="torch threads for every contestant: a number or auto "
                     "(the usable CPUs less those other processes keep busy, measured before each contestant)")
     ap.add_argument("--no-peak", action="store_true", help="skip measuring the matmul peak")
+    ap.add_argument("--device", default="cpu", help="where every contestant trains: cpu (default) or cuda")
     ap.add_argument("--out", default="runs/bench", help="folder for cnnlab's run directories")
     args = ap.parse_args()
     if args.quick:
         args.epochs, args.plain_epochs, args.rounds = 1, 3, 1
+    global DEVICE
+    DEVICE = args.device
     stamp = time.strftime("%Y%m%d-%H%M%S")
 
     print(f"machine: {machine()}")
+    if DEVICE.startswith("cuda"):
+        print(f"device: {torch.cuda.get_device_name(DEVICE)}; CUDA {torch.version.cuda}")
     peak = {} if args.no_peak else peaks()
     if peak:
         print("peak (2048x2048 matmul, best of ~1 s): " + ", ".join(f"{k} {v:,.0f} GFLOP/s" for k, v in peak.items())
@@ -282,8 +297,13 @@ def throughput(args: argparse.Namespace, stamp: str, peak: dict[str, float]) -> 
     flop = train_flop_per_image()
     print(f"\n## Throughput: simple_cnn, Fashion-MNIST, batch 128, Adam 1e-3, {args.epochs} epoch(s) each, "
           f"{args.rounds} round(s); {flop / 1e6:.1f} MFLOP to train on one image (summary MACs x 2 x 3)")
-    auto = resolve_precision("auto", "cpu").name
+    auto = resolve_precision("auto", DEVICE).name
     contestants = [(f"cnnlab (auto: {auto}, channels_last, fused Adam, fused pools)", {}, auto)]
+    if DEVICE.startswith("cuda"):  # AMP in both half types, layouts, augmentation computed on the GPU
+        contestants += [("cnnlab fp16 AMP (loss scaling), channels_last", {"precision": "fp16"}, "fp16"),
+                        ("cnnlab bf16 AMP, NCHW", {"precision": "bf16", "channels_last": False}, "bf16"),
+                        ("cnnlab fp32, channels_last", {"precision": "fp32"}, "fp32"),
+                        (f"cnnlab auto ({auto}) + flip, 2-pixel shift on the GPU", {"augment": "flip,crop:2:mode=zero"}, auto)]
     if args.levers:
         contestants += [("cnnlab fp32, channels_last", {"precision": "fp32"}, "fp32"),
                         ("cnnlab fp32, NCHW", {"precision": "fp32", "channels_last": False}, "fp32"),

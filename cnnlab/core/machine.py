@@ -105,21 +105,24 @@ def one_line(d: dict[str, Any] | None = None) -> str:
             f"{d['usable_cpus']} usable of {d['logical_cpus']} logical CPUs; torch threads {d['torch_threads']}")
 
 
-def matmul_peak(dtype=None, n: int = 2048, seconds: float = 1.0) -> float:
-    """GFLOP/s of the fastest of repeated `n`x`n` matmuls in `dtype` on the CPU (2 n^3 FLOP each), over
+def matmul_peak(dtype=None, n: int = 2048, seconds: float = 1.0, device: str = "cpu") -> float:
+    """GFLOP/s of the fastest of repeated `n`x`n` matmuls in `dtype` on `device` (2 n^3 FLOP each), over
     about `seconds` after one warm-up. The best, not the median: it is the machine's limit we want."""
     import torch  # noqa: PLC0415
 
     dtype = torch.float32 if dtype is None else dtype
     g = torch.Generator().manual_seed(0)
-    a = torch.randn(n, n, generator=g).to(dtype)
-    b = torch.randn(n, n, generator=g).to(dtype)
-    out = torch.empty(n, n, dtype=dtype)
+    a = torch.randn(n, n, generator=g).to(device, dtype)
+    b = torch.randn(n, n, generator=g).to(device, dtype)
+    out = torch.empty(n, n, dtype=dtype, device=device)
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     torch.mm(a, b, out=out)
+    sync()
     best, end = float("inf"), time.perf_counter() + seconds
     while True:
         t0 = time.perf_counter()
         torch.mm(a, b, out=out)
+        sync()
         t = time.perf_counter() - t0
         best = min(best, t)
         if time.perf_counter() > end:
