@@ -258,8 +258,9 @@ def main() -> None:
                     help="epochs of the plain loop for time-to-accuracy (0: leave it out)")
     ap.add_argument("--throughput-only", action="store_true", help="skip the time-to-accuracy table")
     ap.add_argument("--time-to-accuracy-only", action="store_true", help="skip the throughput table")
-    ap.add_argument("--recipes", default="fashion-mnist,fashion-mnist-94",
-                    help="comma-separated recipes for time to accuracy (default fashion-mnist,fashion-mnist-94)")
+    ap.add_argument("--recipes", default="fashion-mnist-90-1epoch,fashion-mnist-94-fast,fashion-mnist-94",
+                    help="comma-separated recipes for time to accuracy "
+                         "(default fashion-mnist-90-1epoch,fashion-mnist-94-fast,fashion-mnist-94)")
     ap.add_argument("--seeds", type=_positive, default=1,
                     help="seeds per recipe for time to accuracy: mean and spread of the final accuracy (default 1)")
     ap.add_argument("--levers", action="store_true", help="also cnnlab in fp32 and without channels_last")
