@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cnnlab.cli._args import check_out, int_in
+from cnnlab.cli._args import check_out, int_in, threads
+from cnnlab.core.machine import others_busy, threads_for
 from cnnlab.errors import CnnlabError
+from cnnlab.runtime import set_threads
 
 ORDER = 40
 
@@ -73,6 +75,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     s.add_argument("--compile", action="store_const", const=True, default=None, help="torch.compile the model")
     s.add_argument("--no-fuse", dest="fuse", action="store_const", const=False, default=None,
                    help="train the model's modules as built, without cnnlab.fuse (same values, slower)")
+    s.add_argument("--threads", type=threads, help="CPU threads for torch: a number, or auto: the usable CPUs less "
+                   "those other processes keep busy, measured at start (default: torch's, all cores)")
     s.add_argument("--out", help="run directory (default runs/<model>-<data>-<time>)")
     s.add_argument("--checkpoint-every", type=int, help="also checkpoint every N steps")
     s.add_argument("--keep-checkpoints", type=int)
@@ -116,6 +120,11 @@ def run(args: argparse.Namespace) -> int:
         argv = _without_nproc(sys.argv[1:])
         return distributed.launch(args.nproc, argv)
 
+    if args.threads is not None:  # the process is ours: set here, in the CLI, never by a library call
+        chosen = threads_for(others := others_busy()) if args.threads == "auto" else args.threads
+        set_threads(chosen)
+        if args.threads == "auto":
+            print(f"threads: {chosen} (auto: other processes keep {others:.1f} CPUs busy)", flush=True)
     try:
         train(recipe=args.recipe, config=args.config, resume=args.resume, progress=not args.quiet, **options)
         distributed.shutdown()

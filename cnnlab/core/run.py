@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from cnnlab.core.files import atomic_write_json, atomic_write_text
+from cnnlab.core.machine import describe
 from cnnlab.core.weights import load_safetensors, save_safetensors
 from cnnlab.errors import CnnlabError
 from cnnlab.version import __version__
@@ -140,6 +141,7 @@ def environment() -> dict[str, Any]:
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "machine": describe(),  # CPU model and class (AVX2, AVX-512, AVX512-BF16, AMX, NEON), cores, threads
     }
 
 

@@ -397,6 +397,7 @@ class Trainer:
                 return None
             if step >= last_step:
                 break
+        self._shared_note = bar.epoch_note()  # '' on a quiet machine
         bar.close()
         self.bar = None
         if step == 0:
@@ -474,4 +475,5 @@ class Trainer:
         return (f"epoch {r['epoch']:>{len(str(self.epochs))}}/{self.epochs}  "
                 f"train loss {r['train_loss']:.4f} acc {100 * r['train_accuracy']:5.2f}%{val}  "
                 f"{test}  lr {r['lr']:.2e}  "
-                f"{format_seconds(r['seconds'])} ({r['seconds']:.1f} s)  {r['images_per_second']:,.0f} img/s")
+                f"{format_seconds(r['seconds'])} ({r['seconds']:.1f} s)  {r['images_per_second']:,.0f} img/s"
+                + (f"  ({note})" if (note := getattr(self, "_shared_note", "")) else ""))
