@@ -77,19 +77,20 @@ def with_fold(ds: Dataset, fold: int, folds: int, seed: int) -> Dataset:
 
 
 def long_tailed(ds: Dataset, ratio: float, seed: int = 0) -> Dataset:
-    """`ds` with a long-tailed training split: class c keeps `n_max * ratio ** (-c / (K - 1))` images (rounded,
-    at least 1), so class 0 keeps all and the last class 1/ratio of the largest (the exponential profile of
-    CIFAR-10-LT, Cui et al. 2019). The images kept are a seeded draw; test and val stay as they are."""
+    """`ds` with a long-tailed training split: class c keeps `n * ratio ** (-c / (K - 1))` images (rounded,
+    at least 1), n being the smallest class's count, so class 0 keeps n and the last class n / ratio: the
+    exponential profile of CIFAR-10-LT (Cui et al. 2019). The images kept are a seeded draw; test and val
+    stay as they are."""
     if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not 1 <= ratio <= 1e6:
         raise CnnlabError(f"imbalance ratio must be a number from 1 to 1e6 (largest class / smallest), got {ratio!r}")
     labels = ds.train.labels
     k = len(ds.classes)
     counts = class_counts(labels, k)
-    n_max = int(counts.max())
+    n_top = int(counts.min())  # every class has that many to give
     g = torch.Generator().manual_seed(int(seed))
     picked = []
     for c in range(k):
-        want = max(1, round(n_max * float(ratio) ** (-c / max(k - 1, 1))))
+        want = max(1, round(n_top * float(ratio) ** (-c / max(k - 1, 1))))
         idx = torch.nonzero(labels == c).flatten()
         picked.append(idx[torch.randperm(len(idx), generator=g)[:want]])
     train = ds.train.subset(torch.cat(picked).sort().values)
