@@ -122,8 +122,11 @@ def plot_curves_overlay(histories: list[list[dict[str, Any]]], labels: list[str]
                     markersize=3, label=f"{label} {held}")
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy (dashed: train)")
+    last = max((h["epoch"] for history in histories for h in history), default=1)
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
+        if last < 15:
+            ax.set_xticks(range(1, last + 1))
     ax_acc.legend(fontsize=7, loc="lower right")
     if title:
         fig.suptitle(title)

@@ -192,6 +192,8 @@ class Trainer:
         weights = class_weights(ds.train.labels, self.classes) if cfg.class_weights == "auto" else None
         if cfg.sampler == "balanced":
             check_no_empty_class(ds.train.labels, self.classes, "--sampler balanced")
+            balanced_order(ds.train.labels, len(self.classes), seed=cfg.seed, epoch=0, rank=self.dist.rank,
+                           world_size=self.dist.world_size)  # refuses too few images per process, before any file
 
         torch.manual_seed(cfg.seed)  # the initial weights depend on the seed alone
         options = dict(cfg.extra)
