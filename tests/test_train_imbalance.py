@@ -195,6 +195,7 @@ def test_compare_refuses_one_run_and_writes_nothing(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow  # importing tensorboard loads TensorFlow where it is installed: seconds
 def test_tensorboard_log_holds_the_scalars_and_the_confusion_image(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: PLC0415
