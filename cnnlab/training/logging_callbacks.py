@@ -21,7 +21,7 @@ import csv
 import importlib
 import importlib.util
 import io
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -30,13 +30,10 @@ from cnnlab.core.figures import confusion_figure, figure_png
 from cnnlab.core.files import atomic_write_text
 from cnnlab.errors import CnnlabError
 from cnnlab.training.callbacks import Callback
-
-if TYPE_CHECKING:
-    from cnnlab.training.evaluate import EvalResult
-    from cnnlab.training.loop import Trainer
+from cnnlab.training.evaluate import EvalResult
 
 
-def _needs_run(trainer: Trainer, what: str) -> bool:
+def _needs_run(trainer, what: str) -> bool:
     """True on the rank that writes; refuses training in memory, where there is no folder to log into."""
     if trainer.run is None:
         raise CnnlabError(f"--log {what} writes into the run directory; it needs save=True")
@@ -46,10 +43,10 @@ def _needs_run(trainer: Trainer, what: str) -> bool:
 class CsvLogger(Callback):
     """RUN/metrics.csv: one row per epoch, the columns of metrics.jsonl (empty where a value is None)."""
 
-    def on_fit_start(self, trainer: Trainer) -> None:
+    def on_fit_start(self, trainer) -> None:
         _needs_run(trainer, "csv")
 
-    def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, Any]) -> None:
+    def on_epoch_end(self, trainer, epoch: int, metrics: dict[str, Any]) -> None:
         if not _needs_run(trainer, "csv"):
             return
         columns = list(dict.fromkeys(k for record in trainer.history for k in record))
@@ -83,14 +80,14 @@ class TensorBoardLogger(Callback):
         self._module = _tensorboard()  # refuse a missing package before training starts
         self.writer = None
 
-    def on_fit_start(self, trainer: Trainer) -> None:
+    def on_fit_start(self, trainer) -> None:
         if not _needs_run(trainer, "tensorboard"):
             return
         # resuming at epoch e: drop what an earlier attempt logged for epochs > e (scalars are per epoch)
         self.writer = self._module.SummaryWriter(log_dir=str(trainer.run.path / "tensorboard"),
                                                  purge_step=trainer.start_epoch + 1 if trainer.start_epoch else None)
 
-    def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, Any]) -> None:
+    def on_epoch_end(self, trainer, epoch: int, metrics: dict[str, Any]) -> None:
         if self.writer is None:
             return
         for key, value in metrics.items():
@@ -101,7 +98,7 @@ class TensorBoardLogger(Callback):
             self.writer.add_scalar(tag, value, epoch + 1)
         self.writer.flush()  # an interrupted run keeps what it logged
 
-    def on_fit_end(self, trainer: Trainer, last_eval: EvalResult | None) -> None:
+    def on_fit_end(self, trainer, last_eval: EvalResult | None) -> None:
         if self.writer is None:
             return
         if last_eval is not None:
