@@ -26,6 +26,7 @@ from cnnlab.data import MemorySplit, load_dataset
 from cnnlab.data.dataset import in_memory_dataset
 from cnnlab.errors import CnnlabError
 from cnnlab.inspect.compare import compare_runs
+from cnnlab.inspect.report import build_report
 from cnnlab.training import TrainConfig, Trainer, TrainStep, train
 from cnnlab.training.evaluate import EvalResult, evaluate_split
 from cnnlab.training.inputs import load_data
@@ -184,6 +185,9 @@ def test_compare_and_csv_log_of_the_fold_runs(folds_run, tmp_path):
     assert png.read_bytes().startswith(PNG)
     proc = run_cli("compare", str(out / "fold-1"), str(out / "fold-2"), "--out", str(tmp_path / "d.png"))
     assert proc.returncode == 0 and "options that differ" in proc.stdout and "val_accuracy" in proc.stdout
+    report = build_report([out / "fold-1", out / "fold-2"], tmp_path / "r.html", errors=4)
+    page = report.path.read_text()
+    assert "Runs compared" in page and page.count("<h1") == 3 and 'id="run-2-config"' in page
     rows = list(csv.DictReader((out / "fold-1" / "metrics.csv").open()))
     jsonl = json.loads((out / "fold-1" / "metrics.jsonl").read_text().splitlines()[0])
     assert float(rows[0]["val_accuracy"]) == jsonl["val_accuracy"] and rows[0]["epoch"] == "1"
