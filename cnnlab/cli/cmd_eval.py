@@ -1,4 +1,5 @@
-"""`cnnlab eval RUN`: accuracy, per-class accuracy and the confusion matrix of a trained run."""
+"""`cnnlab eval RUN`: accuracy, balanced accuracy, macro-F1, top-5, per-class precision/recall/F1 and the
+confusion matrix of a trained run."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ ORDER = 41
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("eval", help="evaluate a trained run: accuracy, per-class accuracy, confusion matrix",
+    p = sub.add_parser("eval", help="evaluate a trained run: accuracy, balanced accuracy, macro-F1, per-class P/R/F1, confusion",
                        description=__doc__)
     p.add_argument("run", metavar="RUN", help="run directory written by `cnnlab train`")
     p.add_argument("--data", help="dataset name to evaluate on (default: the run's own)")

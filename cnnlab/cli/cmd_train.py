@@ -19,6 +19,8 @@ EPILOG = """examples:
   cnnlab train --config run.toml --epochs 20               # a TOML file of options; flags still win
   cnnlab train --resume runs/simple_cnn-fashion-mnist-20261128-101500
   cnnlab train --nproc 2 --model resnet20 --data cifar10   # DDP on this machine (or run under torchrun)
+  cnnlab train --data digits --epochs 3 --folds 5          # 5-fold cross-validation: RUN/fold-1..5, folds.json
+  cnnlab train --data imagefolder:photos --class-weights auto --log tensorboard
 """
 
 
@@ -65,6 +67,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     h.add_argument("--dropout", type=float, help="dropout probability, for models that have dropout")
     h.add_argument("--augment", help='augmentation pipeline, e.g. "flip,crop:4" (`cnnlab augment --help`)')
     h.add_argument("--seed", type=int)
+    h.add_argument("--class-weights", help="auto: weigh the loss by inverse class frequency (imbalanced classes); "
+                   "none (default)")
+    h.add_argument("--sampler", help="balanced: every class equally often in each epoch (rare images repeat); "
+                   "shuffle (default)")
+    h.add_argument("--folds", type=int_in(2, 100), metavar="K",
+                   help="k-fold cross-validation: K runs on stratified folds of train (RUN/fold-1..K, folds.json)")
     h.add_argument("--tta", help="test-time augmentation in evaluation: none (default), flip (image + mirror), "
                    "shift (+ 1-pixel shifts) or flip-shift (both, 10 views)")
     s = p.add_argument_group("speed and output")
@@ -81,6 +89,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     s.add_argument("--checkpoint-every", type=int, help="also checkpoint every N steps")
     s.add_argument("--keep-checkpoints", type=int)
     s.add_argument("--nproc", type=int_in(1, 1024), default=1, help="processes on this machine (DDP through torchrun)")
+    s.add_argument("--log", help="also log to csv (RUN/metrics.csv), tensorboard (RUN/tensorboard/; needs the "
+                   "tensorboard package) or both: csv,tensorboard")
     s.add_argument("--quiet", action="store_true", help="no progress bar: one line per epoch (for logs)")
     s.add_argument("--monitor-gradients", action="store_const", const=True, default=None,
                    help="record per-layer gradient norms (RUN/gradients.jsonl, gradients.png); warn when they vanish")
@@ -92,12 +102,14 @@ def add_parser(sub) -> argparse.ArgumentParser:
 OPTION_NAMES = ("model", "data", "data_dir", "image_size", "val_fraction", "epochs", "batch_size", "eval_batch_size",
                 "eval_every", "optimizer", "lr", "momentum", "weight_decay", "schedule", "warmup", "label_smoothing", "grad_clip",
                 "dropout", "augment", "seed", "precision", "device", "channels_last", "compile", "fuse", "out",
-                "checkpoint_every", "keep_checkpoints", "monitor_gradients", "tta")
+                "checkpoint_every", "keep_checkpoints", "monitor_gradients", "tta", "class_weights", "sampler", "log")
 
 
 def run(args: argparse.Namespace) -> int:
     if not args.resume:
         check_out(args.out, folder=True)
+    if args.folds and args.resume:
+        raise CnnlabError(f"--folds starts {args.folds} new runs; to continue one fold, --resume its folder (RUN/fold-3)")
     from cnnlab.training import (  # noqa: PLC0415 - torch only once a command runs: fast --help
         NonFiniteLossError,
         TrainingInterrupted,
@@ -105,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
         recipes,
         resolve_config,
         train,
+        train_folds,
     )
 
     if args.list_recipes:
@@ -116,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
     if args.nproc != 1:
         if args.nproc < 1:
             raise CnnlabError(f"--nproc must be a positive integer, got {args.nproc}")
-        resolve_config(options, recipe=args.recipe, config_file=args.config, resume=args.resume).resolved()
+        resolve_config({**options, "folds": args.folds, "fold": 1 if args.folds else None}, recipe=args.recipe,
+                       config_file=args.config, resume=args.resume).resolved()
         argv = _without_nproc(sys.argv[1:])
         return distributed.launch(args.nproc, argv)
 
@@ -126,7 +140,10 @@ def run(args: argparse.Namespace) -> int:
         if args.threads == "auto":
             print(f"threads: {chosen} (auto: other processes keep {others:.1f} CPUs busy)", flush=True)
     try:
-        train(recipe=args.recipe, config=args.config, resume=args.resume, progress=not args.quiet, **options)
+        if args.folds:
+            train_folds(args.folds, recipe=args.recipe, config=args.config, progress=not args.quiet, **options)
+        else:
+            train(recipe=args.recipe, config=args.config, resume=args.resume, progress=not args.quiet, **options)
         distributed.shutdown()
     except NonFiniteLossError as e:
         sys.stderr.write(f"cnnlab train: error: {e}\n")

@@ -5,7 +5,8 @@ is freed when it goes out of scope, and leaves `matplotlib.get_backend()` and a 
 as they were. matplotlib is imported inside the functions: it is slow to import and only needed when a
 figure is drawn.
 
-Also the two pictures of a run: learning curves and the confusion matrix.
+Also the pictures of a run: learning curves and the confusion matrix, and the curves of several runs
+overlaid (`cnnlab compare`).
 """
 
 from __future__ import annotations
@@ -81,6 +82,11 @@ def plot_curves(history: list[dict[str, Any]], path: str | Path, title: str = ""
 
 def plot_confusion(confusion, classes: list[str], path: str | Path, title: str = "") -> None:
     """Rows: true class, columns: predicted class; cells count images, colour is the row share."""
+    save_figure(confusion_figure(confusion, classes, title), path)
+
+
+def confusion_figure(confusion, classes: list[str], title: str = ""):
+    """The figure `plot_confusion` saves (for callers that want the PNG bytes, `figure_png`)."""
     cm = np.asarray(confusion, dtype=np.int64)
     share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
     k = len(classes)
@@ -95,4 +101,33 @@ def plot_confusion(confusion, classes: list[str], path: str | Path, title: str =
         ax.set_xticks(range(k), classes, rotation=60, ha="right", fontsize=8)
         ax.set_yticks(range(k), classes, fontsize=8)
     ax.set(xlabel="predicted", ylabel="true", title=title or "confusion matrix")
+    return fig
+
+
+def plot_curves_overlay(histories: list[list[dict[str, Any]]], labels: list[str], path: str | Path,
+                        title: str = "") -> None:
+    """Several runs' curves on shared axes: loss (left) and accuracy in % (right) per epoch; one colour per
+    run, train dashed and held-out (val where recorded, else test) solid."""
+    fig, (ax_loss, ax_acc) = subplots(1, 2, figsize=(11, 4.2))
+    colours = colormap("tab10")
+    for i, (history, label) in enumerate(zip(histories, labels, strict=True)):
+        colour = colours(i % 10)
+        held = "val" if any(h.get("val_accuracy") is not None for h in history) else "test"
+        seen = [h for h in history if h.get(f"{held}_accuracy") is not None]
+        epochs = [h["epoch"] for h in history]
+        for ax, key, scale in ((ax_loss, "loss", 1), (ax_acc, "accuracy", 100)):
+            ax.plot(epochs, [scale * h[f"train_{key}"] for h in history], "--", color=colour, alpha=0.7,
+                    label=f"{label} train")
+            ax.plot([h["epoch"] for h in seen], [scale * h[f"{held}_{key}"] for h in seen], "o-", color=colour,
+                    markersize=3, label=f"{label} {held}")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy (dashed: train)")
+    last = max((h["epoch"] for history in histories for h in history), default=1)
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        if last < 15:
+            ax.set_xticks(range(1, last + 1))
+    ax_acc.legend(fontsize=7, loc="lower right")
+    if title:
+        fig.suptitle(title)
     save_figure(fig, path)

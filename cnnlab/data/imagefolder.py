@@ -389,10 +389,12 @@ class FolderSplit(Split):
         device: str | torch.device = "cpu",
         rank: int = 0,
         world_size: int = 1,
+        order: Tensor | None = None,
     ) -> Iterator[tuple[Tensor, Tensor]]:
         _check_batching(batch_size, rank, world_size)
         device = torch.device(device)
-        order = epoch_order(len(self), shuffle=shuffle, seed=seed, epoch=epoch, rank=rank, world_size=world_size)
+        if order is None:
+            order = epoch_order(len(self), shuffle=shuffle, seed=seed, epoch=epoch, rank=rank, world_size=world_size)
         index_batches = [order[s].tolist() for s in batch_slices(len(order), batch_size, drop_last)]
         loader = torch.utils.data.DataLoader(
             _FolderImages(self.paths, self.gray, self.size),

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cnnlab.data.subsets import check_folds
 from cnnlab.errors import CnnlabError, did_you_mean
 
 try:
@@ -26,6 +27,9 @@ SCHEDULES = ("onecycle", "cosine", "step", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 TTA_MODES = ("none", "flip", "shift", "flip-shift")  # test-time augmentation (cnnlab.training.tta)
 DEVICES = ("auto", "cpu", "cuda")
+CLASS_WEIGHTS = ("none", "auto")  # auto: inverse class frequency (cnnlab.data.sampling.class_weights)
+SAMPLERS = ("shuffle", "balanced")  # balanced: every class equally often per epoch (cnnlab.data.sampling)
+LOGGERS = ("csv", "tensorboard")  # --log, comma-separated (cnnlab.training.logging_callbacks)
 
 # Upper bounds, so that one option cannot ask for terabytes or a run that never ends (stated in the errors).
 MAX_EPOCHS = 100_000
@@ -79,6 +83,14 @@ class TrainConfig:
     recipe: str | None = None  # the named recipe these options started from, if any
     monitor_gradients: bool = False  # record per-layer gradient norms (RUN/gradients.jsonl) and warn on vanishing
     extra: dict[str, Any] = field(default_factory=dict)  # model builder options beyond dropout
+    # imbalanced classes: "auto" weighs the loss by N / (K * n_c), so every class carries the same total weight
+    class_weights: str = "none"
+    sampler: str = "shuffle"  # "balanced": each epoch draws every class equally often (rare images repeat)
+    # k-fold: validate on fold `fold` (1-based) of `folds` stratified folds of train (`cnnlab train --folds K`
+    # sets both for its sub-runs, cnnlab.training.folds); None: no folds
+    folds: int | None = None
+    fold: int | None = None
+    log: str = "none"  # also log to "csv" (RUN/metrics.csv), "tensorboard" (RUN/tensorboard/) or "csv,tensorboard"
 
     # ---- resolution ---------------------------------------------------------------------------
     def resolved(self) -> TrainConfig:
@@ -89,6 +101,15 @@ class TrainConfig:
         c.precision = _choice("precision", c.precision, PRECISIONS)
         c.device = _choice("device", c.device, DEVICES)
         c.tta = _choice("tta", c.tta, TTA_MODES)
+        c.class_weights = _choice("class-weights", c.class_weights, CLASS_WEIGHTS)
+        c.sampler = _choice("sampler", c.sampler, SAMPLERS)
+        c.log = ",".join(dict.fromkeys(_choice("log", part.strip(), LOGGERS) for part in str(c.log).split(",")
+                                       if part.strip().lower() not in ("", "none"))) or "none"
+        if c.folds is not None or c.fold is not None:
+            if c.folds is None or c.fold is None:
+                raise CnnlabError(f"folds and fold go together (fold {c.fold!r} of folds {c.folds!r}); "
+                                  "`cnnlab train --folds K` sets both for its sub-runs")
+            check_folds(c.folds, c.fold)
         if c.lr is None:
             c.lr = DEFAULT_LR[c.optimizer]
         if c.weight_decay is None:

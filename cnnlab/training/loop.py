@@ -36,6 +36,7 @@ from cnnlab.core.preprocess import Preprocess
 from cnnlab.core.run import RunDir
 from cnnlab.core.runlock import RunLock
 from cnnlab.data.audit import cross_split_warning
+from cnnlab.data.sampling import balanced_order, check_no_empty_class, class_weights
 from cnnlab.errors import CnnlabError
 from cnnlab.layers.fusion import fuse
 from cnnlab.models.downsampling import downsampling_warning
@@ -45,6 +46,7 @@ from cnnlab.training.checkpoint import list_checkpoints, rng_state, set_rng_stat
 from cnnlab.training.config import TrainConfig
 from cnnlab.training.evaluate import EvalResult, evaluate_split
 from cnnlab.training.inputs import load_data, parse_augment
+from cnnlab.training.logging_callbacks import loggers
 from cnnlab.training.monitor import GradientMonitor
 from cnnlab.training.optim import build_optimizer, build_schedule
 from cnnlab.training.precision import resolve_precision
@@ -133,6 +135,7 @@ class Trainer:
         self.config = config.resolved()  # refuses bad options before anything else happens
         if self.config.monitor_gradients and not any(isinstance(cb, GradientMonitor) for cb in self.callbacks):
             self.callbacks.append(GradientMonitor())  # writes RUN/gradients.jsonl and gradients.png
+        self.callbacks += loggers(self.config.log)  # --log csv,tensorboard: after the RunWriter, which makes RUN
         for cb in self.callbacks:  # monitors with no handler of their own: around the progress bar
             if getattr(cb, "on_warning", False) is None:
                 cb.on_warning = lambda msg: self.warn(f"gradient warning: {msg}")
@@ -175,7 +178,8 @@ class Trainer:
         self.rank_batch = cfg.batch_size // world
 
         ds = load_data(self.data if self.data is not None else cfg.data, data_dir=cfg.data_dir,
-                       image_size=cfg.image_size, val_fraction=cfg.val_fraction, seed=cfg.seed)
+                       image_size=cfg.image_size, val_fraction=cfg.val_fraction, seed=cfg.seed,
+                       folds=cfg.folds, fold=cfg.fold)
         self.dataset = ds
         self.input_size = tuple(ds.input_size)
         self.classes = list(ds.classes)
@@ -184,9 +188,15 @@ class Trainer:
                 f"augmentation '{self.augment}' changes the image size {self.input_size} -> "
                 f"{tuple(self.augment.output_size(self.input_size))}; test images would not match; use size-preserving ops"
             )
-        self.held_name = "val" if ds.val is not None and cfg.val_fraction > 0 else "test"
+        self.held_name = "val" if ds.val is not None and (cfg.val_fraction > 0 or cfg.folds) else "test"
         if note := cross_split_warning(ds):  # identical images in two splits inflate the held-out accuracy
             self.warn(f"warning: {note}")
+        # imbalanced classes (cnnlab.data.sampling): both refuse a class without training images, before any file
+        weights = class_weights(ds.train.labels, self.classes) if cfg.class_weights == "auto" else None
+        if cfg.sampler == "balanced":
+            check_no_empty_class(ds.train.labels, self.classes, "--sampler balanced")
+            balanced_order(ds.train.labels, len(self.classes), seed=cfg.seed, epoch=0, rank=self.dist.rank,
+                           world_size=self.dist.world_size)  # refuses too few images per process, before any file
 
         torch.manual_seed(cfg.seed)  # the initial weights depend on the seed alone
         options = dict(cfg.extra)
@@ -231,7 +241,8 @@ class Trainer:
                                                for g in self.optimizer.param_groups]
         self.step = TrainStep(net, self.optimizer, self.precision, label_smoothing=cfg.label_smoothing,
                               grad_clip=cfg.grad_clip, clip_params=list(model.parameters()), scaler=self.scaler,
-                              schedules=schedules, check=self._check)
+                              schedules=schedules, check=self._check,
+                              class_weights=weights.to(device) if weights is not None else None)
         self.prep = Preprocess(ds.mean, ds.std, device, self.precision.channels_last)
         self.generator = torch.Generator(device=device)
 
@@ -360,9 +371,13 @@ class Trainer:
         bar = self.bar = ProgressBar(last_step, f"epoch {epoch + 1}/{self.epochs}",
                                      enabled=self.progress and self.dist.is_main)
         self._t0 = time.perf_counter()
+        order = None  # epoch_order's shuffle; --sampler balanced: every class equally often, disjoint per rank
+        if cfg.sampler == "balanced":
+            order = balanced_order(self.dataset.train.labels, len(self.classes), seed=cfg.seed, epoch=epoch,
+                                   rank=self.dist.rank, world_size=self.dist.world_size)
         batches = self.dataset.train.batches(self.rank_batch, shuffle=True, seed=cfg.seed, epoch=epoch,
                                              drop_last=self.drop_last, device=device,
-                                             rank=self.dist.rank, world_size=self.dist.world_size)
+                                             rank=self.dist.rank, world_size=self.dist.world_size, order=order)
         step = 0
         for step, (images, labels) in enumerate(batches, start=1):
             if step <= skip:

@@ -7,8 +7,8 @@ the torch heads of `cnnlab.transfer_learning.heads` call it directly on their fe
 In order (`TrainStep.__call__`):
 1. the learning rate of each parameter group, from its schedule and the global step;
 2. the forward pass under autocast (`Precision.autocast`: bf16/fp16 where chosen, else fp32);
-3. the loss in fp32: cross-entropy with label smoothing (log-softmax over bf16 logits would lose the small
-   differences that matter late in training);
+3. the loss in fp32: cross-entropy with label smoothing and optional class weights (log-softmax over bf16
+   logits would lose the small differences that matter late in training);
 4. `check(loss)`: by default, refuse a non-finite loss; this runs before anything changes, so a NaN
    never reaches the weights or the optimizer's state;
 5. backward (scaled under fp16, so small gradients do not underflow);
@@ -66,13 +66,16 @@ class TrainStep:
         schedules: one learning-rate schedule per parameter group of `optimizer` (or one for all);
             None leaves the rates as they are.
         check: called with the loss before anything changes; raises to stop (default `refuse_non_finite`).
+        class_weights: (K,) float weights of the classes in the loss, on the logits' device (the batch's
+            loss is then the weighted mean, as `F.cross_entropy(weight=)` takes it); None: all 1.
     """
 
     def __init__(self, net: nn.Module, optimizer: torch.optim.Optimizer, precision: Precision, *,
                  label_smoothing: float = 0.0, grad_clip: float | None = None,
                  clip_params: Iterable[nn.Parameter] | None = None, scaler: torch.amp.GradScaler | None = None,
                  schedules: Schedule | Sequence[Schedule] | None = None,
-                 check: Callable[[torch.Tensor], None] = refuse_non_finite):
+                 check: Callable[[torch.Tensor], None] = refuse_non_finite,
+                 class_weights: torch.Tensor | None = None):
         self.net, self.optimizer, self.precision = net, optimizer, precision
         self.label_smoothing, self.grad_clip, self.scaler, self.check = label_smoothing, grad_clip, scaler, check
         self.clip_params = list(clip_params) if clip_params is not None else [
@@ -82,6 +85,7 @@ class TrainStep:
         if schedules is not None and len(schedules) != len(optimizer.param_groups):
             raise ValueError(f"{len(schedules)} schedules for {len(optimizer.param_groups)} parameter groups")
         self.schedules = schedules
+        self.class_weights = class_weights
 
     def set_lr(self, global_step: int) -> None:
         if self.schedules is not None:
@@ -94,7 +98,8 @@ class TrainStep:
         self.set_lr(global_step)
         with self.precision.autocast():
             logits = self.net(x)  # (N, K)
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)  # fp32 scalar
+        loss = F.cross_entropy(logits.float(), labels, weight=self.class_weights,
+                               label_smoothing=self.label_smoothing)  # fp32 scalar
         self.check(loss)
         self.optimizer.zero_grad(set_to_none=True)
         clip = self.grad_clip
