@@ -35,11 +35,8 @@ class EvalResult:
     accuracy: float  # share of images whose top-1 prediction is right, in [0, 1]
     confusion: torch.Tensor  # (K, K) int64, rows: true class, columns: predicted class
     classes: list[str]
-<<<<<<< HEAD
     temperature: float = 1.0  # the softmax temperature the loss was computed with (`cnnlab calibrate`)
-=======
     top5: float | None = None  # share of images whose true class is among the 5 highest scores (all K when K < 5)
->>>>>>> imb
 
     @property
     def count(self) -> int:
@@ -82,22 +79,14 @@ class EvalResult:
         """Accuracy, balanced accuracy, macro-F1, top-5; per-class precision, recall and F1; the confusion matrix."""
         k = len(self.classes)
         width = max(5, *(len(c) for c in self.classes))
-<<<<<<< HEAD
         calibrated = f" (calibrated, temperature {self.temperature:.3f})" if self.temperature != 1.0 else ""
-        lines = [f"accuracy {100 * self.accuracy:.2f}% on {self.count} images, loss {self.loss:.4f}{calibrated}", "",
-                 f"{'class':<{width}}  accuracy  images"]
-        totals = self.confusion.sum(dim=1)
-        for (name, acc), n in zip(self.per_class.items(), totals.tolist(), strict=True):
-            lines.append(f"{name:<{width}}  {100 * acc:7.2f}%  {n:6d}")
-=======
         top5 = f", top-5 {100 * self.top5:.2f}%" if self.top5 is not None else ""
-        lines = [f"accuracy {100 * self.accuracy:.2f}% on {self.count} images, loss {self.loss:.4f}",
+        lines = [f"accuracy {100 * self.accuracy:.2f}% on {self.count} images, loss {self.loss:.4f}{calibrated}",
                  f"balanced accuracy {100 * self.balanced_accuracy:.2f}%, macro-F1 {100 * self.macro_f1:.2f}%{top5}", "",
                  f"{'class':<{width}}  precision  recall      F1  images"]
         for name, m in self.class_metrics().items():
             lines.append(f"{name:<{width}}  {100 * m['precision']:8.2f}%  {100 * m['recall']:6.2f}%  "
                          f"{100 * m['f1']:6.2f}%  {m['support']:6d}")
->>>>>>> imb
         if k <= 20:
             cell = max(5, len(str(int(self.confusion.max()))) + 1)
             lines += ["", "confusion matrix (rows: true, columns: predicted)",
@@ -132,11 +121,7 @@ def evaluate_split(model: nn.Module, split, prep: Preprocess, precision: Precisi
     if n == 0:
         raise CnnlabError("cannot evaluate on an empty split (0 images)")
     return EvalResult(float(loss_sum) / n, float(confusion.diag().sum()) / n, confusion,
-<<<<<<< HEAD
-                      list(classes) if classes else [str(i) for i in range(num_classes)], temperature)
-=======
-                      list(classes) if classes else [str(i) for i in range(num_classes)], float(top5) / n)
->>>>>>> imb
+                      list(classes) if classes else [str(i) for i in range(num_classes)], temperature, float(top5) / n)
 
 
 def evaluate(run: str | Path, data=None, *, which: str = "best", split: str = "test", data_dir=None,
