@@ -189,14 +189,14 @@ class Trainer:
                 f"{tuple(self.augment.output_size(self.input_size))}; test images would not match; use size-preserving ops"
             )
         self.held_name = "val" if ds.val is not None and (cfg.val_fraction > 0 or cfg.folds) else "test"
-        if note := cross_split_warning(ds):  # identical images in two splits inflate the held-out accuracy
-            self.warn(f"warning: {note}")
         # imbalanced classes (cnnlab.data.sampling): both refuse a class without training images, before any file
         weights = class_weights(ds.train.labels, self.classes) if cfg.class_weights == "auto" else None
         if cfg.sampler == "balanced":
             check_no_empty_class(ds.train.labels, self.classes, "--sampler balanced")
             balanced_order(ds.train.labels, len(self.classes), seed=cfg.seed, epoch=0, rank=self.dist.rank,
                            world_size=self.dist.world_size)  # refuses too few images per process, before any file
+        if note := cross_split_warning(ds):  # identical images in two splits inflate the held-out accuracy
+            self.warn(f"warning: {note}")
 
         torch.manual_seed(cfg.seed)  # the initial weights depend on the seed alone
         options = dict(cfg.extra)
