@@ -16,6 +16,7 @@ MixUp / CutMix with λ per sample and soft targets: `parse_mix("mixup:0.2,cutmix
 
 from cnnlab.augment.adapters import PerSample, augment_batches, to_unit_float
 from cnnlab.augment.grid import augment_grid, preview, save_picture
+from cnnlab.augment.mixing import Mix, parse_mix
 from cnnlab.augment.ops import (
     OPS,
     Contrast,
@@ -32,7 +33,6 @@ from cnnlab.augment.ops import (
     TrivialAugment,
     VFlip,
 )
-from cnnlab.augment.mixing import Mix, parse_mix
 from cnnlab.augment.pipeline import PRESETS, Pipeline, describe_ops, parse_pipeline
 
 __all__ = [
