@@ -104,7 +104,8 @@ class Mix:
                partner: Tensor | None = None) -> Params:
         """Per sample (N,): "method" (0 none, 1 mixup, 2 cutmix), "lam" (float64, the weight of the
         sample's own label), the CutMix box "top", "left", "bottom", "right" (pixels, bottom/right
-        exclusive; empty for the others) and "partner" (the index of the sample mixed in)."""
+        exclusive; empty for the others) drawn about the centre "cy", "cx", "beta" (the Beta draw, λ
+        before CutMix's correction) and "partner" (the index of the sample mixed in)."""
         n, _, h, w = shape
         device = torch.device(device)
         u = _rand(3, n, generator, device)
@@ -132,7 +133,7 @@ class Mix:
         if partner is None:
             partner = (torch.arange(n, device=device) - 1) % n  # torchvision's roll(1): i mixes with i - 1
         return {"method": method, "lam": lam, "top": top, "left": left, "bottom": bottom, "right": right,
-                "partner": partner.to(device)}
+                "cy": ry, "cx": rx, "beta": torch.where(cut, lam_cut, lam), "partner": partner.to(device)}
 
     # ---- deterministic parts ------------------------------------------------------------------
     @staticmethod
