@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torchvision.transforms.v2 import InterpolationMode, RandAugment as TVRandAugment, TrivialAugmentWide
+from torchvision.transforms.v2 import InterpolationMode, TrivialAugmentWide
+from torchvision.transforms.v2 import RandAugment as TVRandAugment
 
 from cnnlab.augment import RandAugment, TrivialAugment, parse_pipeline
 from cnnlab.augment.autoaugment import NAMES, SIGNED, apply_ops, magnitudes

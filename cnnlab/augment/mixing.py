@@ -90,7 +90,7 @@ class Mix:
             raise CnnlabError(f"--mix: the probabilities p add up to {format_number(round(given, 9))} > 1; "
                               f"each sample draws one method, so they must add up to at most 1")
         free = [m for m in methods if m.p is None]
-        share = (1.0 - given) / len(free) if free else 0.0
+        share = round((1.0 - given) / len(free), 12) if free else 0.0  # 1 - 0.8 is 0.2, as written
         self.methods = tuple(MixMethod(m.name, float(m.alpha), share if m.p is None else float(m.p)) for m in methods)
 
     def probability(self, name: str) -> float:
