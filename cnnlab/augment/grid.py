@@ -95,7 +95,7 @@ def augment_grid(images: Tensor, augment: str | Pipeline, copies: int = 7,
             draw.rectangle(box, outline=(230, 30, 30), width=max(1, zoom // 6))
         own = round(100 * float(p["lam"][j]))
         text = ("unmixed" if method == NONE else
-                f"{int(labels[j])}:{own}% {int(labels[int(p['partner'][j])])}:{100 - own}%")
+                f"{int(labels[j])}:{own}%  {int(labels[int(p['partner'][j])])}:{100 - own}%")
         draw.text((x + 2, y + ch + 1), text, fill=(0, 0, 0) if method != NONE else (140, 140, 140))
     return np.asarray(image)
 
