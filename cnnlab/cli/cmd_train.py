@@ -24,6 +24,14 @@ EPILOG = """examples:
 """
 
 
+MIX_HELP = ("MixUp / CutMix with lambda (and box) drawn per sample, train only: METHOD[:ALPHA][:p=P],... with METHOD "
+            "mixup or cutmix, lambda ~ Beta(ALPHA, ALPHA) (ALPHA > 0, default 1). Each sample draws one method: METHOD "
+            "with probability P; items without p share what the given p's leave of 1 (the p's add up to <= 1; "
+            "what is left is unmixed). mixup:0.2 | cutmix:1.0 | mixup:0.2,cutmix:1.0 (half each) | "
+            "mixup:0.2,cutmix:1.0:p=0.5 (cutmix 0.5, mixup 0.5) | cutmix:1.0:p=0.5 (half unmixed). Targets become "
+            "soft (label smoothing applies to them); train accuracy counts the dominant class of each mixed target")
+
+
 def _model_option(text: str) -> tuple[str, object]:
     import ast  # noqa: PLC0415
 
@@ -66,6 +74,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     h.add_argument("--grad-clip", type=float, help="clip the gradient norm to this value")
     h.add_argument("--dropout", type=float, help="dropout probability, for models that have dropout")
     h.add_argument("--augment", help='augmentation pipeline, e.g. "flip,crop:4" (`cnnlab augment --help`)')
+    h.add_argument("--mix", metavar="SPEC", help=MIX_HELP)
     h.add_argument("--seed", type=int)
     h.add_argument("--class-weights", help="auto: weigh the loss by inverse class frequency (imbalanced classes); "
                    "none (default)")
@@ -103,6 +112,7 @@ OPTION_NAMES = ("model", "data", "data_dir", "image_size", "val_fraction", "epoc
                 "eval_every", "optimizer", "lr", "momentum", "weight_decay", "schedule", "warmup", "label_smoothing", "grad_clip",
                 "dropout", "augment", "seed", "precision", "device", "channels_last", "compile", "fuse", "out",
                 "checkpoint_every", "keep_checkpoints", "monitor_gradients", "tta", "class_weights", "sampler", "log")
+OPTION_NAMES += ("mix",)
 
 
 def run(args: argparse.Namespace) -> int:

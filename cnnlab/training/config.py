@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cnnlab.augment.mixing import parse_mix
 from cnnlab.data.subsets import check_folds
 from cnnlab.errors import CnnlabError, did_you_mean
 
@@ -69,6 +70,7 @@ class TrainConfig:
     grad_clip: float | None = None  # clip the global gradient norm to this value; None: no clipping
     dropout: float | None = None  # passed to the model builder when set (not every model has one)
     augment: str = "none"  # an augmentation pipeline (`cnnlab augment --help`), applied to train only
+    mix: str = "none"  # MixUp / CutMix per sample, train only: "mixup:0.2", "cutmix:1.0:p=0.5" (cnnlab.augment.mixing)
     precision: str = "auto"  # auto: bf16 where the CPU/GPU supports it, else fp32 (fp16 + scaling on CUDA)
     device: str = "auto"  # auto: cuda if available, else cpu
     channels_last: bool = True  # NHWC memory layout: faster convolutions on CPUs (oneDNN) and GPUs
@@ -149,6 +151,7 @@ class TrainConfig:
                              ("monitor-gradients", c.monitor_gradients), ("fuse", c.fuse)):
             if not isinstance(value, bool):
                 raise CnnlabError(f"{label} must be true or false, got {value!r} ({type(value).__name__})")
+        parse_mix(c.mix)  # a malformed --mix fails here, before anything is loaded or written
         if not isinstance(c.extra, dict):
             raise CnnlabError(f"extra (model options) must be a table of KEY = VALUE, got {c.extra!r}")
         if not str(c.model).strip():

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cnnlab.augment.mixing import parse_mix
 from cnnlab.core.preprocess import Preprocess
 from cnnlab.core.run import RunDir
 from cnnlab.core.runlock import RunLock
@@ -170,6 +171,7 @@ class Trainer:
         cfg = self.config
         prec = resolve_precision(cfg.precision, cfg.device, cfg.channels_last)
         self.augment = parse_augment(cfg.augment)
+        self.mix = parse_mix(cfg.mix)  # MixUp / CutMix: mixed images and soft targets, train only
         self.dist = distributed.init(prec.device)
         self.precision = dataclasses.replace(prec, device=distributed.device_for(self.dist, prec.device))
         world = self.dist.world_size
@@ -384,12 +386,15 @@ class Trainer:
                 continue  # already trained before the checkpoint we resumed from
             global_step = epoch * self.steps_per_epoch + step - 1
             x = self.prep(images, self.augment, self.generator)
+            targets = labels
+            if self.mix is not None:  # accuracy below is against each mixed target's dominant class
+                x, targets = self.mix(x, labels, self.generator, len(self.classes))
             self._where = (epoch, step)
-            out = self.last_step = self.step(x, labels, global_step,
+            out = self.last_step = self.step(x, targets, global_step,
                                              after_backward=lambda e=epoch, s=step: self._call("on_after_backward", e, s))
             with torch.no_grad():
                 loss_sum += out.loss.double() * labels.shape[0]
-                correct += (out.logits.argmax(1) == labels).sum()
+                correct += (out.logits.argmax(1) == out.labels).sum()
             self._count += labels.shape[0]
             self._call("on_step_end", epoch, step)
             stop = self._stop_now
