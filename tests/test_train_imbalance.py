@@ -48,6 +48,21 @@ def test_class_weighted_loss_is_the_weighted_mean_of_the_per_image_losses():
     assert float(step(x, y, 0).loss) == pytest.approx(float(by_hand), rel=1e-6)
 
 
+def test_class_weighted_soft_targets_take_the_mean_over_the_targets_weights():
+    # MixUp/CutMix targets: sum_i sum_c w_c q_ic (-log p_ic) / sum_i (q_i . w); one-hot q gives the hard-label loss
+    torch.manual_seed(0)
+    net = nn.Linear(4, 3)
+    x, y = torch.randn(6, 4), torch.tensor([0, 0, 0, 1, 2, 2])
+    w = torch.tensor([0.5, 2.0, 1.5])
+    q = torch.softmax(torch.randn(6, 3), 1)
+    logp = torch.log_softmax(net(x).detach(), 1)
+    by_hand = -(q * w * logp).sum() / (q * w).sum()
+    step = TrainStep(net, torch.optim.SGD(net.parameters(), lr=0.0), FP32, class_weights=w)
+    assert float(step(x, q, 0).loss) == pytest.approx(float(by_hand), rel=1e-6)
+    hard = float(step(x, y, 0).loss)
+    assert float(step(x, torch.nn.functional.one_hot(y, 3).float(), 0).loss) == pytest.approx(hard, rel=1e-6)
+
+
 def test_metrics_match_scikit_learn():
     rng = np.random.default_rng(0)
     k = 6
