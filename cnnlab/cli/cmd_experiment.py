@@ -1,10 +1,12 @@
-"""`cnnlab experiment NAME|all|list [--data D] [--quick] --out DIR`: a claim of the course, measured."""
+"""`cnnlab experiment NAME|all|list [--data D] [--quick | --size large] [--seeds N] --out DIR`: a claim of the
+course, measured over several seeds, with a verdict (supported, contradicted, inconclusive at this budget)
+decided by 95% intervals of the paired differences."""
 
 from __future__ import annotations
 
 import argparse
 
-from cnnlab.cli._args import SEED, check_out
+from cnnlab.cli._args import SEED, SEEDS, check_out
 
 ORDER = 70
 
@@ -17,8 +19,14 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    "each experiment writes OUT/NAME/{table.md,result.json,plot.png}; 'all' also OUT/lecture.md")
     p.add_argument("--data", help="dataset name (default: the experiment's own, usually fashion-mnist)")
     p.add_argument("--data-dir", help="folder holding the dataset's files")
-    p.add_argument("--quick", action="store_true", help="tiny size that finishes in seconds (numbers marked quick)")
-    p.add_argument("--seed", type=SEED, default=0, help="seed for every random choice (default 0)")
+    p.add_argument("--quick", action="store_true", help="tiny size that finishes in seconds, 1 seed "
+                   "(numbers marked quick; verdicts inconclusive at quick size)")
+    p.add_argument("--size", choices=("default", "large"), default=None,
+                   help="default: a few minutes per experiment on 2 CPU cores; large: more images and epochs "
+                        "(a GPU or a long run)")
+    p.add_argument("--seeds", type=SEEDS, default=None, metavar="N",
+                   help="runs per cell, with seeds SEED, SEED+1, ... (default 3; 1 with --quick; 5 with --size large)")
+    p.add_argument("--seed", type=SEED, default=0, help="first seed (default 0)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of the table")
     p.set_defaults(func=run)
@@ -39,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         get_experiment(args.name)  # an unknown name first: it says which exist
     check_out(args.out, folder=True)
     common = dict(out=args.out, quick=args.quick, data=args.data, data_dir=args.data_dir, seed=args.seed,
-                  device=args.device)
+                  device=args.device, seeds=args.seeds, size=args.size)
     results = run_all(**common) if args.name == "all" else [run_experiment(args.name, **common)]
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2))

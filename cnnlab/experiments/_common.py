@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from cnnlab.core.preprocess import Preprocess
+from cnnlab.core.stats import summarize
 from cnnlab.data.dataset import Dataset, in_memory_dataset
 from cnnlab.data.memory import stratified_sample as stratified_indices  # the experiments' name for it
 from cnnlab.errors import CnnlabError
@@ -186,3 +187,13 @@ def trainer_prep(result: TrainResult, ds: Dataset) -> Preprocess:
     """The preprocessing a run trained with: `ds`'s normalisation (its training images) on the run's device."""
     prec = _precision(result)
     return Preprocess(ds.mean, ds.std, prec.device, prec.channels_last)
+
+
+def spread(values: Sequence[float]) -> dict[str, Any]:
+    """A table cell for values over seeds: mean, std and 95% t-interval (shown as 'mean ± std [low, high]')."""
+    return summarize(values).to_dict()
+
+
+def seeds_note(seeds: Sequence[int]) -> str:
+    return (f"Seeds {', '.join(map(str, seeds))}: each seed draws its own training subset, validation split, "
+            "initial weights and batch order; the cells of one seed share them, so differences are paired by seed.")
