@@ -141,6 +141,7 @@ class Selected:
     epochs_run: int
     train_seconds: float  # the training steps of every epoch run (no evaluation)
     val_curve: list[float]
+    data: Dataset | None = None  # the training images trained on (train) and the validation split (val)
 
 
 def fit_selected(model: str | nn.Module, data: Dataset, *, val_fraction: float = VAL_FRACTION, seed: int,
@@ -175,7 +176,7 @@ def fit_selected(model: str | nn.Module, data: Dataset, *, val_fraction: float =
     tested = evaluate_split(result.model, final.test, trainer_prep(result, ds), _precision(result),
                             len(ds.classes), list(ds.classes), result.config.eval_batch_size, result.config.tta)
     return Selected(result, selector.best, tested.accuracy, selector.best_epoch, len(result.history), seconds,
-                    selector.curve)
+                    selector.curve, ds)
 
 
 def _precision(result: TrainResult):
