@@ -60,8 +60,27 @@ def test_run_all_writes_results_and_lecture(toy, tmp_path):
     assert "quick-size numbers" in lecture
     assert lecture.index("## First claim") < lecture.index("## Second claim")
     assert "](first/plot.png)" in lecture and "second/plot.png" not in lecture
-    assert "**Verdict: not supported (quick).**" in lecture
-    assert "| not supported (quick) |" in lecture  # the summary table says so too
+    assert "**Verdict: contradicted (quick).**" in lecture
+    assert "| contradicted (quick) |" in lecture  # the summary table says so too
+    assert saved["seeds"] == [0] and saved["size"] == "quick"
+
+
+def test_seeds_reach_the_experiment_and_the_command(toy, tmp_path):
+    seen = []
+
+    @register_experiment("third", title="Third", claim="C.", order=30, default_data=None)
+    def third(ctx):
+        seen.append((ctx.seeds, ctx.size))
+        return Outcome(columns=["k"], rows=[{"k": {"n": 3, "mean": 0.5, "std": 0.1, "low": 0.25, "high": 0.75}}],
+                       supported=None, verdict="v", plot=None, fmt={"k": ".1%"})
+
+    res = _base.run_experiment("third", out=tmp_path, seed=5, seeds=3, progress=False)
+    assert seen == [((5, 6, 7), "default")]
+    assert res.command == "cnnlab experiment third"  # 3 seeds is the default: not repeated
+    table = (tmp_path / "third" / "table.md").read_text()
+    assert "| 50.0% ± 10.0 [25.0, 75.0] |" in table and "3 seeds (5, 6, 7)" in table
+    assert "**Verdict: inconclusive at this budget.**" in table
+    assert _base.run_experiment("third", out=tmp_path, seeds=2, progress=False).command.endswith("--seeds 2")
 
 
 def test_markdown_table_formats_and_missing_cells():

@@ -146,8 +146,10 @@ def format_interval(d: dict[str, Any], spec: str = ".4g") -> str:
     """A summary dict (`Interval.to_dict()`) as 'mean ± std [low, high]'; percentages in points."""
     pct = spec.endswith("%")
     scale = 100.0 if pct else 1.0
-    digits = spec.rstrip("%").lstrip("+,") or ".4g"
-    num = (lambda v: format(scale * v, digits)) if pct else (lambda v: format(v, digits))  # noqa: E731
+    digits = spec.rstrip("%").lstrip("+,")
+    if pct:  # '.2%' -> points with 2 decimals
+        digits = (digits or ".2") + "f"
+    num = lambda v: format(scale * v, digits or ".4g")  # noqa: E731
     head = format(d["mean"], spec)
     if d.get("n", 1) < 2 or d.get("std") is None:
         return head
