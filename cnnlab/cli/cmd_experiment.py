@@ -28,6 +28,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="runs per cell, with seeds SEED, SEED+1, ... (default 3; 1 with --quick; 5 with --size large)")
     p.add_argument("--seed", type=SEED, default=0, help="first seed (default 0)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--note", default=None, help="with 'all': a line printed under lecture.md's heading "
+                   "(e.g. how busy the machine was)")
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of the table")
     p.set_defaults(func=run)
     return p
@@ -48,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     check_out(args.out, folder=True)
     common = dict(out=args.out, quick=args.quick, data=args.data, data_dir=args.data_dir, seed=args.seed,
                   device=args.device, seeds=args.seeds, size=args.size)
-    results = run_all(**common) if args.name == "all" else [run_experiment(args.name, **common)]
+    preface = [args.note] if args.note else []
+    results = run_all(**common, preface=preface) if args.name == "all" else [run_experiment(args.name, **common)]
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2))
     else:

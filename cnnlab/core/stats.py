@@ -150,6 +150,8 @@ def format_interval(d: dict[str, Any], spec: str = ".4g") -> str:
     if pct:  # '.2%' -> points with 2 decimals
         digits = (digits or ".2") + "f"
     num = lambda v: format(scale * v, digits or ".4g")  # noqa: E731
+    if d.get("mean") is None:  # not finite (e.g. a diverged run)
+        return "–"
     head = format(d["mean"], spec)
     if d.get("n", 1) < 2 or d.get("std") is None:
         return head

@@ -24,7 +24,7 @@ from typing import Any
 from cnnlab.core.figures import save_figure, subplots
 from cnnlab.core.stats import as_supported, check, combine
 from cnnlab.experiments._base import ExperimentContext, Outcome, register_experiment
-from cnnlab.experiments._common import seeds_note, spread
+from cnnlab.experiments._common import spread
 from cnnlab.inspect.gradients import gradient_lab, log_plottable
 
 MODELS = ("plain20", "plain56", "resnet20", "resnet56")
@@ -135,7 +135,8 @@ def run(ctx: ExperimentContext) -> Outcome:
              "layer's norm for the first seed.",
              "the checks in the table are the lecture setting's (they decide the verdict) followed by the modern "
              "setting's (reported, not part of the verdict).",
-             seeds_note(ctx.seeds),
+             f"Seeds {', '.join(map(str, ctx.seeds))}: each seed sets the initial weights and the batches; the "
+             "models of one seed share them, so differences are paired by seed.",
              "the same lab with other knobs: `cnnlab gradients --help`"]
     return Outcome(
         columns=["setting", "model", "loss_end", "train_accuracy", "log_ratio_init", "log_ratio_end"], rows=rows,
