@@ -37,7 +37,14 @@ SETTINGS = (  # (key, label, lab options)
 SIZES = {"quick": (3, 8), "default": (30, 32), "large": (100, 64)}
 
 
+UNDERFLOW = -45.0  # log10 of the smallest positive float32 (~1.4e-45): a gradient that underflowed to 0
+
+
 def _log10(v: float) -> float:
+    """log10 of a gradient ratio; an exact 0 (the first layer's gradient underflowed in float32) counts as
+    1e-45, the most extreme vanishing the arithmetic can show; inf and nan stay nan."""
+    if v == 0.0:
+        return UNDERFLOW
     return math.log10(v) if v > 0 and math.isfinite(v) else float("nan")
 
 
@@ -131,8 +138,9 @@ def run(ctx: ExperimentContext) -> Outcome:
              f"batches for every model of a seed, {lab0.device} {lab0.precision}.",
              "loss after N and train accuracy: over the batches of the last 10% of the steps; gradient ratios: "
              "log10 of the L2 norm of the first conv's weight gradient over the last (fc) layer's, at the first "
-             "step (init) and the geometric mean over the last 10% of the steps (end); the plot shows every "
-             "layer's norm for the first seed.",
+             "step (init) and the geometric mean over the last 10% of the steps (end); a ratio of exactly 0 (the "
+             "first layer's gradient underflowed in float32) is counted as 10^-45; the plot shows every layer's "
+             "norm for the first seed.",
              "the checks in the table are the lecture setting's (they decide the verdict) followed by the modern "
              "setting's (reported, not part of the verdict).",
              f"Seeds {', '.join(map(str, ctx.seeds))}: each seed sets the initial weights and the batches; the "
