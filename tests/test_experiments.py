@@ -99,3 +99,22 @@ def test_cli_unknown_experiment_is_one_line(capsys):
     assert main(["experiment", "no-such-thing", "--out", "/nonexistent/x"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown experiment 'no-such-thing'" in err
+
+
+def test_lecture_is_rebuilt_from_result_files(toy, tmp_path):
+    from cnnlab.core.stats import check, exact
+
+    @register_experiment("third", title="Third", claim="C.", order=30, default_data=None)
+    def third(ctx):
+        checks = [check("a - b > 0", [0.9, 0.91, 0.92], [0.8, 0.82, 0.8]), exact("count", True, "8.5x")]
+        return Outcome(columns=["k"], rows=[{"k": 1}], supported=True, verdict="v", plot=None, checks=checks)
+
+    results = run_all(out=tmp_path, seeds=3, progress=False, names=["second", "third"])
+    direct = lecture_markdown(results, "cmd")
+    rebuilt = _base.write_lecture(tmp_path)
+    assert [r.name for r in rebuilt] == ["second", "third"]
+    # the same page, apart from the command line that made it
+    assert lecture_markdown(rebuilt, "cmd") == direct
+    assert "| a - b > 0 | +10.33% ± 1.53 [" in direct and "| count | exact; 8.5x | supported |" in direct
+    with pytest.raises(CnnlabError, match="no experiment results"):
+        _base.write_lecture(tmp_path / "empty")

@@ -175,7 +175,7 @@ class Check:
 
     def to_dict(self) -> dict[str, Any]:
         return {"label": self.label, "outcome": self.outcome, "threshold": self.threshold, "detail": self.detail,
-                "interval": self.interval.to_dict() if self.interval else None}
+                "spec": self.spec, "interval": self.interval.to_dict() if self.interval else None}
 
 
 def decide(interval: Interval, threshold: float = 0.0) -> str:

@@ -18,18 +18,19 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import os
 import pkgutil
 import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from cnnlab.core.files import atomic_write_json, atomic_write_text
-from cnnlab.core.stats import RULE, Check, format_interval
+from cnnlab.core.stats import RULE, Check, Interval, format_interval
 from cnnlab.errors import CnnlabError, did_you_mean
 
 RESULT_FORMAT = "cnnlab-experiment-2"
@@ -361,6 +362,40 @@ def run_all(*, out: str | Path, quick: bool = False, data: str | None = None, da
         results.append(run_experiment(spec.name, out=out, data=data, data_dir=data_dir, seed=seed,
                                       device=device, progress=progress, seeds=n_seeds, size=size))
         atomic_write_text(Path(out) / "lecture.md", lecture_markdown(results, command, preface))
+    return results
+
+
+def result_from_dict(d: dict[str, Any]) -> ExperimentResult:
+    """An `ExperimentResult` back from its result.json (`to_dict()`), checks and intervals included."""
+    def interval(iv: dict[str, Any] | None) -> Interval | None:
+        if iv is None:
+            return None
+        nan = float("nan")
+        return Interval(iv["n"], nan if iv["mean"] is None else iv["mean"], nan if iv["std"] is None else iv["std"],
+                        -math.inf if iv["low"] is None else iv["low"], math.inf if iv["high"] is None else iv["high"],
+                        iv.get("confidence", 0.95))
+
+    o = dict(d["outcome"])
+    def spec(c: dict[str, Any]) -> str:  # files written before checks stored their format: accuracies, else 3 decimals
+        return c.get("spec") or ("+.3f" if "loss" in c["label"] or "log10" in c["label"] else "+.2%")
+
+    o["checks"] = [Check(c["label"], c["outcome"], interval(c["interval"]), c.get("threshold", 0.0),
+                         c.get("detail", ""), spec(c)) for c in o.get("checks", [])]
+    outcome = Outcome(**{f.name: o[f.name] for f in fields(Outcome) if f.name in o})
+    keep = {f.name: d[f.name] for f in fields(ExperimentResult) if f.name in d and f.name != "outcome"}
+    return ExperimentResult(**keep, outcome=outcome)
+
+
+def write_lecture(out: str | Path, preface: Sequence[str] = ()) -> list[ExperimentResult]:
+    """Rebuild OUT/lecture.md from the result.json of every experiment already run under OUT, in the
+    lecture's order (`cnnlab experiment lecture`): after re-running one experiment, or after running
+    several as separate processes. Returns the results it found."""
+    results = [result_from_dict(read_result(Path(out) / s.name)) for s in list_experiments()
+               if (Path(out) / s.name / "result.json").is_file()]
+    if not results:
+        raise CnnlabError(f"no experiment results under {out}; run `cnnlab experiment NAME --out {out}` first")
+    atomic_write_text(Path(out) / "lecture.md", lecture_markdown(results, f"cnnlab experiment lecture --out {out}",
+                                                                 preface))
     return results
 
 
