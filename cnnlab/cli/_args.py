@@ -34,6 +34,7 @@ BATCH = int_in(1, 1 << 16)  # images per batch (the training config's MAX_BATCH)
 STEPS = int_in(0, 10_000_000)  # optimizer steps
 COUNT = int_in(1, 10_000)  # images or channels to draw
 SEED = int_in(0, (1 << 63) - 1)  # what torch.manual_seed takes
+SEEDS = int_in(1, 100)  # runs per cell of an experiment
 
 
 def threads(text: str) -> int | str:
