@@ -1,9 +1,14 @@
 """Weight averaging: an exponential moving average during training (`--ema`), and SWA over checkpoints.
 
 `EMA(decay)` is a callback. After every optimizer step (`on_step_end`) it updates a copy of the model,
-`ema = decay * ema + (1 - decay) * weights`, through `torch.optim.swa_utils.AveragedModel` (one
-`torch._foreach_lerp_` per dtype group; the first step copies the weights, as AveragedModel does).
-- Batch-norm statistics are *averaged* too (`use_buffers=True`, as timm's `ModelEmaV2` and Lightning's
+`ema = decay * ema + (1 - decay) * weights`, with PyTorch's own update (`get_ema_multi_avg_fn`: one
+`torch._foreach_lerp_` over all floating-point tensors); the first step copies the weights. This computes
+what `AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)` computes, bit for
+bit (tests/test_train_averaging.py), but pairs the tensors once instead of at every step: AveragedModel
+walks both modules, regroups the tensors by dtype and reads its update count from the device (a host
+synchronisation on a GPU) at each call. Measured per update on AVX2 (2 shared Zen 3 cores):
+docs/averaging.md.
+- Batch-norm statistics are *averaged* too (as `use_buffers=True`, timm's `ModelEmaV2` and Lightning's
   `EMAWeightAveraging` do): the running means and variances move with the weights they belong to. Integer
   counters (`num_batches_tracked`) are copied, not averaged.
 - Evaluation: every evaluated epoch the averaged model is evaluated on the same splits as the raw one
@@ -25,6 +30,7 @@ of their own: the mean of k sets of running statistics belongs to none of them).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,21 +59,6 @@ if TYPE_CHECKING:
 EMA_KEYS = ("ema_val_loss", "ema_val_accuracy", "ema_test_loss", "ema_test_accuracy")
 
 
-def ema_multi_avg_fn(decay: float):
-    """`get_ema_multi_avg_fn(decay)` for floating-point tensors; integer buffers (batch norm's
-    `num_batches_tracked`) are copied, since a moving average of a counter truncated to an integer means nothing."""
-    ema = get_ema_multi_avg_fn(decay)
-
-    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
-        if averaged[0].is_floating_point():  # AveragedModel groups the tensors by dtype
-            ema(averaged, current, n_averaged)
-        else:
-            for a, c in zip(averaged, current, strict=True):
-                a.copy_(c)
-
-    return update
-
-
 class EMA(Callback):
     """An exponential moving average of the model's weights and batch-norm statistics, per optimizer step."""
 
@@ -75,24 +66,39 @@ class EMA(Callback):
         if not isinstance(decay, (int, float)) or isinstance(decay, bool) or not 0.0 < decay < 1.0:
             raise CnnlabError(f"ema decay must be a number in (0, 1) such as 0.999, got {decay!r}")
         self.decay = float(decay)
-        self.averaged: AveragedModel | None = None
+        self.updates = 0  # optimizer steps averaged so far
+        self._module: nn.Module | None = None
         self._restored: dict[str, Any] | None = None  # from a checkpoint, until the averaged model exists
 
     @property
     def module(self) -> nn.Module:
         """The averaged model (same class and state-dict keys as the trained one)."""
-        if self.averaged is None:
+        if self._module is None:
             raise CnnlabError("the EMA has no weights before training starts")
-        return self.averaged.module
+        return self._module
 
     def on_fit_start(self, trainer: Trainer) -> None:
-        self.averaged = AveragedModel(trainer.model, multi_avg_fn=ema_multi_avg_fn(self.decay), use_buffers=True)
+        self._module = copy.deepcopy(trainer.model).requires_grad_(False)
+        # pairs (average, weight) made once: parameters and buffers keep their tensors for the whole run
+        pairs = list(zip([*self._module.parameters(), *self._module.buffers()],
+                         [*trainer.model.parameters(), *trainer.model.buffers()], strict=True))
+        self._floats = ([a for a, _ in pairs if a.is_floating_point()], [w for a, w in pairs if a.is_floating_point()])
+        self._counters = [(a, w) for a, w in pairs if not a.is_floating_point()]  # num_batches_tracked: copied
+        self._lerp = get_ema_multi_avg_fn(self.decay)
         if self._restored is not None:
-            self.averaged.load_state_dict(self._restored)
+            self.load_state_dict(self._restored)
             self._restored = None
 
+    @torch.no_grad()
     def on_step_end(self, trainer: Trainer, epoch: int, step: int) -> None:
-        self.averaged.update_parameters(trainer.model)
+        averages, weights = self._floats
+        if self.updates == 0:  # the first average is the weights themselves
+            torch._foreach_copy_(averages, weights)
+        elif averages:
+            self._lerp(averages, weights, self.updates)
+        for a, w in self._counters:
+            a.copy_(w)
+        self.updates += 1
 
     def on_evaluate(self, trainer: Trainer, epoch: int, record: dict[str, Any]) -> None:
         for split in ("val", "test"):  # the splits the raw model was evaluated on this epoch
@@ -116,13 +122,14 @@ class EMA(Callback):
             trainer.run.save_weights("ema", self.module, RunWriter._card(trainer, epoch + 1, held))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"decay": self.decay, "averaged": self.averaged.state_dict()}
+        return {"decay": self.decay, "updates": self.updates, "weights": self.module.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if self.averaged is not None:
-            self.averaged.load_state_dict(state["averaged"])
-        else:  # resuming: the RunWriter restores the checkpoint before this callback's on_fit_start
-            self._restored = state["averaged"]
+        if self._module is None:  # resuming: the RunWriter restores the checkpoint before our on_fit_start
+            self._restored = state
+            return
+        self._module.load_state_dict(state["weights"])
+        self.updates = int(state["updates"])
 
 
 # ---- SWA over a run's checkpoints ----------------------------------------------------------------------
