@@ -44,23 +44,33 @@ def ema_run(tmp_path_factory):
     return out, result
 
 
+def _warmed_up_ema(decay):
+    """The EMA update with TensorFlow's warm-up, written out: after n updates, decay min(decay, (1+n)/(10+n))."""
+    def update(averaged, current, n_averaged):
+        n = int(n_averaged)
+        get_ema_multi_avg_fn(min(decay, (1 + n) / (10 + n)))(averaged, current, n_averaged)
+    return update
+
+
 class _TorchEMA(Callback):
     """Reference: torch's own AveragedModel with its EMA update, fed the raw weights after every step."""
 
     def on_fit_start(self, trainer):
-        self.ref = AveragedModel(trainer.model, multi_avg_fn=get_ema_multi_avg_fn(0.8), use_buffers=True)
+        self.ref = AveragedModel(trainer.model, multi_avg_fn=_warmed_up_ema(0.3), use_buffers=True)
 
     def on_step_end(self, trainer, epoch, step):
         self.ref.update_parameters(trainer.model)
 
 
 def test_ema_computes_what_torch_averaged_model_computes():
-    cfg = TrainConfig(model=SPEC, data="digits", batch_size=128, max_steps=7, ema=0.8, precision="fp32")
+    # decay 0.3: the warm-up's (1+n)/(10+n) is below it for the first two updates, above it from the third
+    cfg = TrainConfig(model=SPEC, data="digits", batch_size=128, max_steps=7, ema=0.3, precision="fp32")
     reference = _TorchEMA()
     trainer = Trainer(cfg, save=False, evaluate=False, quiet=True, callbacks=[reference])
     trainer.fit()
     ema = next(cb for cb in trainer.callbacks if isinstance(cb, EMA))
     assert ema.updates == 7
+    assert [ema.decay_at(n) for n in (1, 2, 3, 100_000)] == [2 / 11, 3 / 12, 0.3, 0.3]
     ours, theirs, raw = ema.module.state_dict(), reference.ref.module.state_dict(), trainer.model.state_dict()
     for key, value in ours.items():
         if value.is_floating_point():  # weights and running statistics: the same lerps, bit for bit
