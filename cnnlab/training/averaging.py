@@ -1,8 +1,8 @@
 """Weight averaging: an exponential moving average during training (`--ema`), and SWA over checkpoints.
 
 `EMA(decay)` is a callback. After every optimizer step (`on_step_end`) it updates a copy of the model,
-`ema = d * ema + (1 - d) * weights`, with PyTorch's EMA update (`get_ema_multi_avg_fn`: one
-`torch._foreach_lerp_` over all floating-point tensors); the first step copies the weights.
+`ema = d * ema + (1 - d) * weights`, with the operation of PyTorch's EMA update (`get_ema_multi_avg_fn`:
+one `torch._foreach_lerp_` over all floating-point tensors); the first step copies the weights.
 - Warm-up: after `t` updates `d = min(decay, (1 + t) / (10 + t))`, as TensorFlow's ExponentialMovingAverage
   does with `num_updates`. Without it a short run's average keeps its random start: at decay 0.999, 420
   steps (the fashion-mnist recipe) leave 0.999**419 = 66% of the weight on the first step's weights. From
@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
+from torch.optim.swa_utils import AveragedModel, update_bn
 
 from cnnlab.core.preprocess import Preprocess
 from cnnlab.core.run import ModelCard, open_run
@@ -102,7 +102,8 @@ class EMA(Callback):
         if self.updates == 0:  # the first average is the weights themselves
             torch._foreach_copy_(averages, weights)
         elif averages:
-            get_ema_multi_avg_fn(self.decay_at(self.updates))(averages, weights, self.updates)
+            # what get_ema_multi_avg_fn(d) runs, without building that function anew at each step of the warm-up
+            torch._foreach_lerp_(averages, weights, 1.0 - self.decay_at(self.updates))
         for a, w in self._counters:
             a.copy_(w)
         self.updates += 1
