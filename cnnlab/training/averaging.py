@@ -37,7 +37,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -57,8 +57,7 @@ from cnnlab.training.precision import resolve_precision
 from cnnlab.training.run import build_model
 from cnnlab.training.rundir import RunWriter
 
-if TYPE_CHECKING:
-    from cnnlab.training.loop import Trainer
+Trainer = Any  # cnnlab.training.loop.Trainer, which imports this module (annotations only)
 
 EMA_KEYS = ("ema_val_loss", "ema_val_accuracy", "ema_test_loss", "ema_test_accuracy")
 

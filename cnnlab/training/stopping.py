@@ -23,14 +23,13 @@ uninterrupted one would.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cnnlab.errors import CnnlabError
 from cnnlab.training.callbacks import Callback
+from cnnlab.training.evaluate import EvalResult
 
-if TYPE_CHECKING:
-    from cnnlab.training.evaluate import EvalResult
-    from cnnlab.training.loop import Trainer
+Trainer = Any  # cnnlab.training.loop.Trainer, which imports this module (annotations only)
 
 # what each monitored figure should do: fall (loss) or rise (accuracy)
 MONITOR_MODES = {"val_loss": "min", "val_accuracy": "max"}
