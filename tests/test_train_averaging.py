@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import subprocess
@@ -79,6 +80,10 @@ def test_ema_computes_what_torch_averaged_model_computes():
             assert torch.equal(value, raw[key]), key
     # the running statistics are averaged, not copied: they lag the model's
     assert not torch.equal(ours["features.1.running_mean"], raw["features.1.running_mean"])
+    # and the EMA leaves training alone: the same run without it ends with the same raw weights, bit for bit
+    plain = Trainer(dataclasses.replace(cfg, ema=None), save=False, evaluate=False, quiet=True)
+    plain.fit()
+    _same(plain.model.state_dict(), raw)
 
 
 def test_ema_files_records_and_eval(ema_run):
