@@ -18,8 +18,9 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from cnnlab.core.weights import load_safetensors
 from cnnlab.data import load_dataset
-from cnnlab.training import Callback, TrainConfig, Trainer, train
-from cnnlab.training.averaging import EMA
+from cnnlab.errors import CnnlabError
+from cnnlab.training import Callback, TrainConfig, Trainer, evaluate, train
+from cnnlab.training.averaging import EMA, average_checkpoints
 from cnnlab.training.checkpoint import list_checkpoints
 from cnnlab.training.run import build_model
 
@@ -162,14 +163,14 @@ def test_average_last_3_is_the_mean_with_batch_norm_statistics_recomputed(ema_ru
         y = (y - mean.view(1, -1, 1, 1)) / (y.var((0, 2, 3), unbiased=False).view(1, -1, 1, 1) + 1e-5).sqrt()
         y = y * swa[f"{bn}.weight"].view(1, -1, 1, 1) + swa[f"{bn}.bias"].view(1, -1, 1, 1)
         x = F.max_pool2d(F.relu(y), 2)
-    shown = run_cli("eval", str(out), "--weights", "swa", check=True).stdout
-    assert shown.startswith("accuracy ")
+    # what `cnnlab eval RUN --weights swa` reads is what `cnnlab average` printed for the test split
+    swa_line = next(line for line in proc.stdout.splitlines() if line.strip().startswith("swa:"))
+    assert f"test accuracy {100 * evaluate(out, which='swa').accuracy:.2f}%" in swa_line
 
 
-def test_average_refuses_more_checkpoints_than_the_run_kept(ema_run, tmp_path):
+def test_average_refuses_more_checkpoints_than_the_run_kept(ema_run):
     out, _ = ema_run
     before = sorted(p.name for p in out.iterdir())
-    proc = run_cli("average", str(out), "--last", "4")
-    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-    assert "fewer than --last 4" in proc.stderr and "--keep-checkpoints 4" in proc.stderr
+    with pytest.raises(CnnlabError, match=r"keeps 3 checkpoints .*fewer than --last 4; train with --keep-checkpoints 4"):
+        average_checkpoints(out, last=4)
     assert sorted(p.name for p in out.iterdir()) == before
