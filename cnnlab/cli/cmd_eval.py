@@ -15,7 +15,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--data", help="dataset name to evaluate on (default: the run's own)")
     p.add_argument("--data-dir", help="folder holding the dataset's files")
     p.add_argument("--split", default="test", choices=("test", "train", "val"), help="which split (default test)")
-    p.add_argument("--weights", default="best", choices=("best", "last"), help="which weights (default best)")
+    p.add_argument("--weights", default="best", choices=("best", "last", "ema", "swa"),
+                   help="which weights (default best): ema with `train --ema`, swa after `cnnlab average`")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--tta", metavar="MODE",
                    help="test-time augmentation: none, flip, shift or flip-shift (default: as the run was trained)")

@@ -68,10 +68,19 @@ def add_parser(sub) -> argparse.ArgumentParser:
     h.add_argument("--lr", type=float, help="peak learning rate (default: 1e-3 adam/adamw, 0.05 sgd)")
     h.add_argument("--momentum", type=float, help="SGD momentum or Adam beta1 (default 0.9)")
     h.add_argument("--weight-decay", type=float)
-    h.add_argument("--schedule", help="onecycle (default), cosine, step or constant")
+    h.add_argument("--schedule", help="onecycle (default), cosine, step, constant or plateau (cut on stalls)")
     h.add_argument("--warmup", type=float, help="epochs of linear warm-up")
     h.add_argument("--label-smoothing", type=float)
     h.add_argument("--grad-clip", type=float, help="clip the gradient norm to this value")
+    h.add_argument("--ema", type=float, metavar="DECAY",
+                   help="also keep an exponential moving average of the weights (e.g. 0.999 per step): evaluated "
+                   "each epoch, saved as RUN/ema.safetensors (`cnnlab eval RUN --weights ema`)")
+    h.add_argument("--early-stop", type=int_in(1, 100_000), metavar="PATIENCE",
+                   help="stop after PATIENCE evaluated epochs without improvement of --monitor (needs --val-fraction)")
+    h.add_argument("--monitor", help="what --early-stop and --schedule plateau watch: val_loss (default) or val_accuracy")
+    h.add_argument("--plateau-patience", type=int_in(0, 100_000), metavar="EPOCHS",
+                   help="--schedule plateau: evaluated epochs without improvement before a cut (default 3)")
+    h.add_argument("--plateau-factor", type=float, help="--schedule plateau: multiply the rates by this (default 0.1)")
     h.add_argument("--dropout", type=float, help="dropout probability, for models that have dropout")
     h.add_argument("--augment", help='augmentation pipeline, e.g. "flip,crop:4" (`cnnlab augment --help`)')
     h.add_argument("--mix", metavar="SPEC", help=MIX_HELP)
@@ -113,6 +122,7 @@ OPTION_NAMES = ("model", "data", "data_dir", "image_size", "val_fraction", "epoc
                 "dropout", "augment", "seed", "precision", "device", "channels_last", "compile", "fuse", "out",
                 "checkpoint_every", "keep_checkpoints", "monitor_gradients", "tta", "class_weights", "sampler", "log")
 OPTION_NAMES += ("mix",)
+OPTION_NAMES += ("ema", "early_stop", "monitor", "plateau_patience", "plateau_factor")  # weight averaging, stopping
 
 
 def run(args: argparse.Namespace) -> int:

@@ -24,7 +24,8 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, as the `tomli` pack
     import tomli as tomllib
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("onecycle", "cosine", "step", "constant")
+SCHEDULES = ("onecycle", "cosine", "step", "constant", "plateau")  # plateau: cnnlab.training.stopping
+MONITORS = ("val_loss", "val_accuracy")  # what --early-stop and the plateau schedule watch
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 TTA_MODES = ("none", "flip", "shift", "flip-shift")  # test-time augmentation (cnnlab.training.tta)
 DEVICES = ("auto", "cpu", "cuda")
@@ -68,6 +69,11 @@ class TrainConfig:
     warmup: float | None = None  # epochs of linear warm-up; None: 30% of the run for onecycle, else 0
     label_smoothing: float = 0.0  # share of the target probability spread over the other classes
     grad_clip: float | None = None  # clip the global gradient norm to this value; None: no clipping
+    ema: float | None = None  # keep an exponential moving average of the weights, this decay per step (0.999); None: off
+    early_stop: int | None = None  # stop after this many evaluated epochs without improvement of `monitor`; None: off
+    monitor: str = "val_loss"  # what --early-stop and --schedule plateau watch, on the validation split only
+    plateau_patience: int = 3  # --schedule plateau: evaluated epochs without improvement tolerated before a cut
+    plateau_factor: float = 0.1  # --schedule plateau: each cut multiplies the learning rates by this
     dropout: float | None = None  # passed to the model builder when set (not every model has one)
     augment: str = "none"  # an augmentation pipeline (`cnnlab augment --help`), applied to train only
     mix: str = "none"  # MixUp / CutMix per sample, train only: "mixup:0.2", "cutmix:1.0:p=0.5" (cnnlab.augment.mixing)
@@ -131,6 +137,14 @@ class TrainConfig:
         _number("val-fraction", c.val_fraction, low=0.0, high=1.0, high_open=True)
         if c.grad_clip is not None:
             _number("grad-clip", c.grad_clip, low=0.0, low_open=True)
+        if c.ema is not None:
+            _number("ema", c.ema, low=0.0, high=1.0, low_open=True, high_open=True, hint="the decay per step, e.g. 0.999")
+        if c.early_stop is not None:
+            _positive_int("early-stop", c.early_stop, MAX_EPOCHS)
+        c.monitor = _choice("monitor", c.monitor, MONITORS)
+        if not isinstance(c.plateau_patience, int) or isinstance(c.plateau_patience, bool) or c.plateau_patience < 0:
+            raise CnnlabError(f"plateau-patience must be an integer >= 0 (evaluated epochs), got {c.plateau_patience!r}")
+        _number("plateau-factor", c.plateau_factor, low=0.0, high=1.0, low_open=True, high_open=True)
         if c.dropout is not None:
             _number("dropout", c.dropout, low=0.0, high=1.0, high_open=True)
         if c.image_size is not None:

@@ -42,6 +42,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.layers.fusion import fuse
 from cnnlab.models.downsampling import downsampling_warning
 from cnnlab.training import distributed
+from cnnlab.training.averaging import EMA
 from cnnlab.training.callbacks import Callback
 from cnnlab.training.checkpoint import list_checkpoints, rng_state, set_rng_state
 from cnnlab.training.config import TrainConfig
@@ -55,6 +56,7 @@ from cnnlab.training.progress import ProgressBar, format_seconds
 from cnnlab.training.run import build_model, check_model_fits
 from cnnlab.training.rundir import RunWriter
 from cnnlab.training.step import NonFiniteLossError, StepOutput, TrainStep
+from cnnlab.training.stopping import EarlyStopping, PlateauSchedule, refuse_without_validation
 
 CHECKPOINT_FORMAT = 1
 
@@ -137,6 +139,13 @@ class Trainer:
         if self.config.monitor_gradients and not any(isinstance(cb, GradientMonitor) for cb in self.callbacks):
             self.callbacks.append(GradientMonitor())  # writes RUN/gradients.jsonl and gradients.png
         self.callbacks += loggers(self.config.log)  # --log csv,tensorboard: after the RunWriter, which makes RUN
+        if self.config.ema is not None:  # --ema: evaluates its average beside the raw weights, writes ema.safetensors
+            self.callbacks.append(EMA(self.config.ema))
+        if self.config.early_stop is not None:  # --early-stop: watches --monitor on the validation split
+            self.callbacks.append(EarlyStopping(self.config.early_stop, self.config.monitor))
+        if self.config.schedule == "plateau" and schedule is None:  # scales the schedules at epochs' ends
+            self.callbacks.append(PlateauSchedule(self.config.plateau_patience, self.config.plateau_factor,
+                                                  self.config.monitor))
         for cb in self.callbacks:  # monitors with no handler of their own: around the progress bar
             if getattr(cb, "on_warning", False) is None:
                 cb.on_warning = lambda msg: self.warn(f"gradient warning: {msg}")
@@ -197,6 +206,7 @@ class Trainer:
             check_no_empty_class(ds.train.labels, self.classes, "--sampler balanced")
             balanced_order(ds.train.labels, len(self.classes), seed=cfg.seed, epoch=0, rank=self.dist.rank,
                            world_size=self.dist.world_size)  # refuses too few images per process, before any file
+        refuse_without_validation(self.callbacks, self.held_name == "val")  # before anything is written
         if note := cross_split_warning(ds):  # identical images in two splits inflate the held-out accuracy
             self.warn(f"warning: {note}")
 
@@ -274,6 +284,8 @@ class Trainer:
             "best_accuracy": self.best_accuracy,
             "best_epoch": self.best_epoch,
             "partial": partial,
+            "callbacks": {cb.state_key: s for cb in self.callbacks  # their own state (EMA weights, stopping counters)
+                          if isinstance(cb, Callback) and (s := cb.state_dict()) is not None},
         }
 
     def load_checkpoint_state(self, state: dict[str, Any]) -> None:
@@ -287,6 +299,10 @@ class Trainer:
         self.start_epoch, self.start_step = state["epoch"], state["step"]
         self.partial = state.get("partial")
         self._resume_rng = state["rng"]
+        saved = state.get("callbacks") or {}
+        for cb in self.callbacks:  # before their on_fit_start when they come after the RunWriter
+            if isinstance(cb, Callback) and cb.state_key in saved:
+                cb.load_state_dict(saved[cb.state_key])
 
     # ---- signals ------------------------------------------------------------------------------
     def _install_signals(self):
@@ -478,6 +494,7 @@ class Trainer:
                 "seconds": round(train_seconds + time.perf_counter() - t_eval, 3),
                 "images_per_second": round(n / train_seconds, 1),
             }
+            self._call("on_evaluate", epoch, record)  # callbacks may add figures (the EMA's) before it is logged
         record = distributed.broadcast_object(record)
         self.history.append(record)
         held = record[f"{self.held_name}_accuracy"]
