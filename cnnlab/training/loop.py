@@ -405,9 +405,13 @@ class Trainer:
         ds = self.dataset
         world = f", {self.dist.world_size} processes" if self.dist.enabled else ""
         self.log(f"training {self.config.model} ({n_params:,} parameters) on {self.config.data} "
-                 f"({len(ds.train):,} train / {len(ds.test):,} test images, {getattr(ds, 'source', '')}) "
+                 f"({len(ds.train):,} train / {self.selection.val_images:,} validation / {len(ds.test):,} test images, "
+                 f"{getattr(ds, 'source', '')}) "
                  f"on {self.precision.device} in {self.precision.name}"
                  f"{' channels_last' if self.precision.channels_last else ''}{world}")
+        self.log(self.selection.describe() if self.evaluate else "not evaluated: the last weights are kept")
+        for option, why in self.default_notes.items():
+            self.log(f"default {option.replace('_', '-')}: {why}")
         self.log(f"run directory: {self.run.path}" if self.run is not None else "training in memory: no run directory")
 
     def _run_epoch(self, epoch: int) -> EvalResult | None:
