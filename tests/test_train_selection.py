@@ -148,6 +148,7 @@ def test_size_defaults_by_hand():
     assert steps.epochs is None
 
 
+@pytest.mark.slow
 def test_cli_prints_validation_and_test_separately_and_records_why(tmp_path):
     out = tmp_path / "run"
     proc = run_cli("train", "--model", "simple_cnn", "--data", "digits", "--epochs", "2", "--quiet", "--out", str(out),

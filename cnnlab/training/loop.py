@@ -153,6 +153,7 @@ class Trainer:
         self.given = config  # as given: the defaults that depend on the data's size are filled in by _setup
         self.config = config.resolved()  # refuses bad options before anything else happens
         self.selection: Selection | None = None  # how the weights are chosen (set by _setup)
+        self.chosen_by = "last"  # what chose the weights in the end: "val", or "last" (set by _final_test)
         self.default_notes: dict[str, str] = {}  # option -> why it got its size-dependent default
         if self.config.monitor_gradients and not any(isinstance(cb, GradientMonitor) for cb in self.callbacks):
             self.callbacks.append(GradientMonitor())  # writes RUN/gradients.jsonl and gradients.png
@@ -358,17 +359,18 @@ class Trainer:
             self.log(self._final_summary(chosen))
         return TrainResult(self.run.path if self.run is not None else None, cfg, self.history, self.best_accuracy,
                            self.best_epoch, self.model, final, chosen.get("test_accuracy") if chosen else None,
-                           chosen.get("test_loss") if chosen else None, self.selection.chosen_by)
+                           chosen.get("test_loss") if chosen else None, self.chosen_by)
 
     def _final_test(self) -> EvalResult | None:
         """Load the chosen weights into the model and evaluate the test split on them, once; the figures go
         into the chosen epoch's record (marked `"chosen": true`)."""
         if not self.history:
             return None
-        if self.selection.chooses and self._best_state is not None:
+        self.chosen_by = "val" if self.selection.chooses and self._best_state is not None else "last"
+        if self.chosen_by == "val":
             self.model.load_state_dict(self._best_state)
-        if not self.selection.chooses or not self.best_epoch:
-            self.best_epoch = self.history[-1]["epoch"]  # nothing chose: the last weights
+        else:
+            self.best_epoch = self.history[-1]["epoch"]  # nothing chose (no validation, or none evaluated): the last
         record = next(h for h in self.history if h["epoch"] == self.best_epoch)
         test, figures = None, None
         if self.evaluate and self.dist.is_main:
@@ -382,21 +384,21 @@ class Trainer:
         figures = distributed.broadcast_object(figures)
         if figures is not None:
             record["test_loss"], record["test_accuracy"] = figures
-            if not self.selection.chooses:
+            if self.chosen_by == "last":
                 self.best_accuracy = figures[1]
         record["chosen"] = True
         return test
 
     def _final_summary(self, r: dict[str, Any]) -> str:
         sel, total = self.selection, self.history[-1]["epoch"]
-        if sel.chooses:
+        if self.chosen_by == "val":
             how = (f"chosen weights: epoch {r['epoch']} of {total}, best validation accuracy "
                    f"{100 * r['val_accuracy']:.2f}% ({sel.val_images:,} images: {sel.source})")
         else:
             how = f"kept the last weights (epoch {r['epoch']}; {sel.source}: trained on all {sel.train_images:,} training images, nothing chosen)"
         test = "" if r.get("test_accuracy") is None else (
             f"\ntest accuracy {100 * r['test_accuracy']:.2f}% (loss {r['test_loss']:.4f}) on {len(self.dataset.test):,} "
-            f"images, evaluated once on the {'chosen' if sel.chooses else 'last'} weights")
+            f"images, evaluated once on the {'chosen' if self.chosen_by == 'val' else 'last'} weights")
         where = f"; run directory: {self.run.path}" if self.run is not None else ""
         return how + test + where
 

@@ -127,7 +127,7 @@ class RunWriter(Callback):
         # the model holds the chosen weights now: best.* again, its card saying what chose them and how they test
         record = next(h for h in trainer.history if h["epoch"] == trainer.best_epoch)
         card = self._card(trainer, trainer.best_epoch, record.get("val_accuracy"))
-        card.extra = {"chosen_by": trainer.selection.chosen_by, "val_accuracy": record.get("val_accuracy"),
+        card.extra = {"chosen_by": trainer.chosen_by, "val_accuracy": record.get("val_accuracy"),
                       "test_accuracy": record.get("test_accuracy"), "test_loss": record.get("test_loss")}
         self.run.save_weights("best", trainer.model, card)
         self.run.write_metrics(trainer.history)
@@ -136,7 +136,7 @@ class RunWriter(Callback):
         cfg = trainer.config
         plot_curves(trainer.history, self.run.path / "curves.png", title=f"{cfg.model} on {cfg.data}")
         if last_eval is not None:
-            how = "chosen by validation" if trainer.selection.chooses else "last"
+            how = "chosen by validation" if trainer.chosen_by == "val" else "last"
             plot_confusion(last_eval.confusion, trainer.classes, self.run.path / "confusion.png",
                            title=f"test, weights of epoch {trainer.best_epoch} ({how}): {100 * last_eval.accuracy:.2f}%")
 
