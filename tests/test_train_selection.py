@@ -91,7 +91,7 @@ def _digits_with(test_labels=None):
 def test_shuffled_test_labels_change_no_chosen_epoch_and_no_weight():
     """Training sees the test set after every epoch here (eval_test_every_epoch): even so, shuffling its
     labels changes the test figures only, never the chosen epoch nor a single weight."""
-    opts = dict(model="simple_cnn", epochs=4, batch_size=64, lr=3e-3, seed=1, eval_test_every_epoch=True,
+    opts = dict(model="simple_cnn", epochs=3, batch_size=64, lr=3e-3, seed=1, eval_test_every_epoch=True,
                 precision="fp32")
     plain = Trainer(TrainConfig(**opts), data=_digits_with(), save=False, quiet=True).fit()
     labels = load_dataset("digits").test.labels
