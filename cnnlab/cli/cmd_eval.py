@@ -14,7 +14,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("run", metavar="RUN", help="run directory written by `cnnlab train`")
     p.add_argument("--data", help="dataset name to evaluate on (default: the run's own)")
     p.add_argument("--data-dir", help="folder holding the dataset's files")
-    p.add_argument("--split", default="test", choices=("test", "train", "val"), help="which split (default test)")
+    p.add_argument("--split", default="test", choices=("test", "train", "val"),
+                   help="which split (default test); train and val as the run split them")
     p.add_argument("--weights", default="best", choices=("best", "last", "ema", "swa"),
                    help="which weights (default best): ema with `train --ema`, swa after `cnnlab average`")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -25,9 +26,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cnnlab.training.evaluate import evaluate  # noqa: PLC0415 - torch only once a command runs: fast --help
+    from cnnlab.training.evaluate import describe_weights, evaluate  # noqa: PLC0415 - torch only once a command runs
 
     result = evaluate(args.run, args.data, which=args.weights, split=args.split, data_dir=args.data_dir,
                       device=args.device, tta=args.tta)
+    print(describe_weights(args.run, args.weights))
+    print(f"split: {args.split}" + (f" of {args.data}" if args.data else ""))
     print(result.table())
     return 0

@@ -55,17 +55,24 @@ def add_parser(sub) -> argparse.ArgumentParser:
     g.add_argument("--data", help="dataset name (`cnnlab data list`); default fashion-mnist")
     g.add_argument("--data-dir", help="folder holding the dataset's files")
     g.add_argument("--image-size", type=int, help="resize images to this side, in pixels")
-    g.add_argument("--val-fraction", type=float, help="hold out this share of train to pick the best epoch on")
+    g.add_argument("--val-fraction", type=float,
+                   help="share of train held out (stratified, seeded) to choose the epoch on; default 0.1, or the "
+                        "dataset's own val/ split; 0: train on all of it and keep the last weights")
     g.add_argument("--recipe", help="start from a named recipe (see --list-recipes)")
     g.add_argument("--config", help="TOML file of options (flags given here still win)")
     g.add_argument("--resume", metavar="RUN", help="continue the run in this directory from its last checkpoint")
     h = p.add_argument_group("how to train")
-    h.add_argument("--epochs", type=int)
-    h.add_argument("--batch-size", type=int, help="global batch (split across processes); default 128")
+    h.add_argument("--epochs", type=int, help="default 10, more on a small training set (at least 500 steps)")
+    h.add_argument("--batch-size", type=int, help="global batch (split across processes); default 128, "
+                   "less on a small training set (at least 20 steps per epoch)")
     h.add_argument("--eval-batch-size", type=int)
     h.add_argument("--eval-every", type=int, help="evaluate every N epochs and after the last (default 1: every epoch)")
+    h.add_argument("--eval-test-every-epoch", action="store_const", const=True, default=None,
+                   help="also evaluate the test set after each epoch (recorded and plotted, never used to choose); "
+                        "by default it is evaluated once, on the chosen weights")
     h.add_argument("--optimizer", help="sgd, adam or adamw (default)")
-    h.add_argument("--lr", type=float, help="peak learning rate (default: 1e-3 adam/adamw, 0.05 sgd)")
+    h.add_argument("--lr", type=float, help="peak learning rate (default: 1e-3 adam/adamw, 3e-3 on a small "
+                   "training set; 0.05 sgd)")
     h.add_argument("--momentum", type=float, help="SGD momentum or Adam beta1 (default 0.9)")
     h.add_argument("--weight-decay", type=float)
     h.add_argument("--schedule", help="onecycle (default), cosine, step, constant or plateau (cut on stalls)")
@@ -120,7 +127,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 OPTION_NAMES = ("model", "data", "data_dir", "image_size", "val_fraction", "epochs", "batch_size", "eval_batch_size",
                 "eval_every", "optimizer", "lr", "momentum", "weight_decay", "schedule", "warmup", "label_smoothing", "grad_clip",
                 "dropout", "augment", "seed", "precision", "device", "channels_last", "compile", "fuse", "out",
-                "checkpoint_every", "keep_checkpoints", "monitor_gradients", "tta", "class_weights", "sampler", "log")
+                "checkpoint_every", "keep_checkpoints", "monitor_gradients", "tta", "eval_test_every_epoch")
 OPTION_NAMES += ("mix",)
 OPTION_NAMES += ("ema", "early_stop", "monitor", "plateau_patience", "plateau_factor")  # weight averaging, stopping
 

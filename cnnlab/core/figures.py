@@ -58,17 +58,28 @@ def save_figure(fig, path: str | Path) -> Path:
 
 
 def plot_curves(history: list[dict[str, Any]], path: str | Path, title: str = "") -> None:
-    """Loss (left) and accuracy in % (right) per epoch, train and test (or val)."""
+    """Loss (left) and accuracy in % (right) per epoch: train, validation (what chose the weights), test per
+    epoch where it was measured every epoch (dotted, marked as not used to choose), and the test figure of
+    the chosen weights (a star on the record marked `"chosen"`)."""
     epochs = [h["epoch"] for h in history]
-    held = "val" if any(h.get("val_accuracy") is not None for h in history) else "test"
+    chosen = [h for h in history if h.get("chosen") and h.get("test_accuracy") is not None]
     # with --eval-every some epochs have no held-out figures: plot those that were measured
-    seen = [h for h in history if h.get(f"{held}_accuracy") is not None]
+    val = [h for h in history if h.get("val_accuracy") is not None]
+    test = [h for h in history if h.get("test_accuracy") is not None]
+    per_epoch_test = len(test) > len(chosen)  # a run before the selection protocol, or --eval-test-every-epoch
     fig, (ax_loss, ax_acc) = subplots(1, 2, figsize=(10, 3.8))
-    ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
-    ax_loss.plot([h["epoch"] for h in seen], [h[f"{held}_loss"] for h in seen], "s-", label=held)
+    for ax, key, scale in ((ax_loss, "loss", 1), (ax_acc, "accuracy", 100)):
+        ax.plot(epochs, [scale * h[f"train_{key}"] for h in history], "o-", label="train")
+        if val:
+            ax.plot([h["epoch"] for h in val], [scale * h[f"val_{key}"] for h in val], "s-", label="validation")
+        if per_epoch_test:
+            label = "test (every epoch, not used to choose)" if val else "test"
+            ax.plot([h["epoch"] for h in test], [scale * h[f"test_{key}"] for h in test], "^:", label=label)
+        if chosen:
+            what = "chosen" if val else "last"
+            ax.plot([h["epoch"] for h in chosen], [scale * h[f"test_{key}"] for h in chosen], "*", ms=13,
+                    color="tab:red", label=f"test, {what} weights")
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
-    ax_acc.plot(epochs, [100 * h["train_accuracy"] for h in history], "o-", label="train")
-    ax_acc.plot([h["epoch"] for h in seen], [100 * h[f"{held}_accuracy"] for h in seen], "s-", label=held)
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)

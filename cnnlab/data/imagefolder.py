@@ -279,6 +279,16 @@ def _layout(root: Path, walk: _Walk) -> dict[str, Path]:
     return {"all": root}
 
 
+def has_val_folder(path: str | Path) -> bool:
+    """Whether `path` holds train/, test/ and val/ split folders (the dataset's own validation split).
+    False for a folder that is not a readable dataset: loading it reports why."""
+    root = Path(path).expanduser()
+    try:
+        return "val" in _layout(root, _Walk(root))
+    except (CnnlabError, OSError):
+        return False
+
+
 def _class_folders(folder: Path, classes: list[str] | None, walk: _Walk) -> tuple[list[str], list[Path]]:
     """(class names, class folders) of one split folder; `classes` from train/ when given."""
     dirs = walk.subfolders(folder)

@@ -85,6 +85,10 @@ def fit(model: str | nn.Module, data: Dataset, *, device: str = "auto", callback
     `options` are `TrainConfig` fields (epochs, batch_size, lr, seed, augment, ...); `callbacks` are
     training callbacks (e.g. `epoch_progress`).
     """
+    # today's experiments train on all of train and watch a test subset every epoch; nothing is chosen on it
+    # (the reported figure is `final_accuracy`, on the last weights). Options given still win.
+    options.setdefault("val_fraction", 0.0)
+    options.setdefault("eval_test_every_epoch", True)
     cfg = TrainConfig(**options, device=device)
     if isinstance(model, str):
         cfg.model, module = model, None

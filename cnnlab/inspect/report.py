@@ -310,9 +310,15 @@ def _run_page(run_dir, which: str, data_dir, errors: int) -> _RunPage:
         ev, eval_note = None, f"no evaluation on the test split: {e}"
         notes.append(eval_note)
     seconds = sum(_number(h.get("seconds")) or 0 for h in history)
-    cards = [("test accuracy" + (" (re-evaluated)" if ev else ""), _pct(ev["accuracy"] if ev else card.accuracy)),
+    chosen_by = card.extra.get("chosen_by") if isinstance(card.extra, dict) else None
+    chooser = {"val": "validation accuracy", "last": "none: the last weights"}.get(
+        chosen_by, "validation accuracy" if cfg.get("val_fraction") else "test accuracy (a run before the protocol)")
+    cards = [("test accuracy" + (" (re-evaluated)" if ev else ""),
+              _pct(ev["accuracy"] if ev else card.extra.get("test_accuracy") if isinstance(card.extra, dict) else None)),
              (f"{which} epoch", f"{card.epoch} of {len(history) or '?'}"),
-             ("recorded accuracy", _pct(card.accuracy)), ("parameters", params), ("MACs / image", macs),
+             ("chosen by" if which == "best" else "weights", chooser if which == "best" else "after the last epoch"),
+             ("validation accuracy" if chosen_by else "recorded accuracy", _pct(card.accuracy)),
+             ("parameters", params), ("MACs / image", macs),
              ("training time", f"{seconds:.1f} s" if history else "–")]
     glance = '<div class="cards">' + "".join(f"<div class=card><b>{_e(v)}</b><span>{_e(k)}</span></div>"
                                              for k, v in cards) + "</div>"
@@ -344,14 +350,18 @@ def _run_page(run_dir, which: str, data_dir, errors: int) -> _RunPage:
             body += _img((Path(tmp) / "curves.png").read_bytes(), "learning curves")
         images += 1
     if history:
-        held = "val" if any(h.get("val_accuracy") is not None for h in history) else "test"
-        rows = [[h.get("epoch"), _loss(h.get("train_loss")), _pct(h.get("train_accuracy")),
-                 _loss(h.get(f"{held}_loss")), _pct(h.get(f"{held}_accuracy")),
+        # validation chose the weights; test figures are those of the chosen weights (the epoch marked *),
+        # or of every epoch with --eval-test-every-epoch (never used to choose)
+        rows = [[f"{h.get('epoch')}{' *' if h.get('chosen') else ''}", _loss(h.get("train_loss")),
+                 _pct(h.get("train_accuracy")), _loss(h.get("val_loss")), _pct(h.get("val_accuracy")),
+                 _loss(h.get("test_loss")), _pct(h.get("test_accuracy")),
                  _fmt(h.get("lr", 0), ".3g"), _fmt(h.get("seconds", 0), ".1f"),
                  _fmt(h.get("images_per_second", 0), ",.0f")]
                 for h in history]
-        body += _table(["epoch", "train loss", "train acc", f"{held} loss", f"{held} acc", "lr", "s", "img/s"],
-                       rows, numeric=set(range(8)))
+        body += _table(["epoch", "train loss", "train acc", "val loss", "val acc", "test loss", "test acc", "lr", "s",
+                        "img/s"], rows, numeric=set(range(10)))
+        if any(h.get("chosen") for h in history):
+            body += _note("* the chosen epoch: its weights are the run's; the test set was evaluated on them")
     else:
         body += _note("no metrics.jsonl: the run finished no epoch")
     parts.append(_section("Learning curves", body, "curves"))

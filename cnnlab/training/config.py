@@ -40,6 +40,9 @@ MAX_IMAGE_SIDE = 4096  # pixels; ImageNet models take 224
 MAX_CHECKPOINTS = 1000
 MAX_STEPS = 1 << 40  # --checkpoint-every
 
+# What a run on a large training set gets by default; a small one gets more (cnnlab.training.defaults).
+DEFAULT_EPOCHS = 10
+DEFAULT_BATCH = 128
 # Learning rates that work out of the box: Adam-family steps are normalised per parameter, SGD's are not.
 DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
 # AdamW decouples weight decay from the gradient, so it wants a larger value than SGD's L2 penalty.
@@ -54,15 +57,18 @@ class TrainConfig:
     data: str = "fashion-mnist"  # a dataset name (`cnnlab data list`)
     data_dir: str | None = None  # where the dataset's files are; None: the data module's search path
     image_size: int | None = None  # resize the dataset's images to this side (pixels); None: as stored
-    val_fraction: float = 0.0  # > 0: hold out this share of train to pick the best epoch on, not test
-    epochs: int = 10
+    # share of train held out (stratified, seeded) to choose the epoch on; 0: train on all, keep the last weights;
+    # None: the dataset's own validation split, else DEFAULT_VAL_FRACTION (cnnlab.training.selection)
+    val_fraction: float | None = None
+    eval_test_every_epoch: bool = False  # also evaluate test after each epoch (recorded, plotted, never used to choose)
+    epochs: int | None = None  # None: 10, or more on a small training set (cnnlab.training.defaults)
     max_steps: int | None = None  # train exactly this many optimizer steps instead (the schedule spans them)
-    batch_size: int = 128  # global: split across processes under DDP
+    batch_size: int | None = None  # global: split across processes under DDP; None: 128, less on a small training set
     eval_batch_size: int = 256  # measured on 2 CPU cores: 1.6-3x the images/s of 1024 (activations stay in cache)
     tta: str = "none"  # test-time augmentation in evaluation (cnnlab.training.tta): none, flip, shift, flip-shift
     eval_every: int = 1  # evaluate every this many epochs and after the last (Keras' validation_freq)
     optimizer: str = "adamw"
-    lr: float | None = None  # peak learning rate; None: DEFAULT_LR[optimizer]
+    lr: float | None = None  # peak learning rate; None: DEFAULT_LR[optimizer] (more on a small training set)
     momentum: float = 0.9  # SGD momentum, or Adam's beta1
     weight_decay: float | None = None  # None: DEFAULT_WEIGHT_DECAY[optimizer]
     schedule: str = "onecycle"
@@ -118,6 +124,10 @@ class TrainConfig:
                 raise CnnlabError(f"folds and fold go together (fold {c.fold!r} of folds {c.folds!r}); "
                                   "`cnnlab train --folds K` sets both for its sub-runs")
             check_folds(c.folds, c.fold)
+        if c.epochs is None:  # the large-data defaults; the Trainer fills these from the data's size first
+            c.epochs = DEFAULT_EPOCHS
+        if c.batch_size is None:
+            c.batch_size = DEFAULT_BATCH
         if c.lr is None:
             c.lr = DEFAULT_LR[c.optimizer]
         if c.weight_decay is None:
@@ -134,7 +144,9 @@ class TrainConfig:
         _number("momentum", c.momentum, low=0.0, high=1.0, high_open=True)
         _number("warmup", c.warmup, low=0.0, high=float(c.epochs), hint=f"epochs, at most --epochs {c.epochs}")
         _number("label-smoothing", c.label_smoothing, low=0.0, high=1.0, high_open=True)
-        _number("val-fraction", c.val_fraction, low=0.0, high=1.0, high_open=True)
+        if c.val_fraction is not None:
+            _number("val-fraction", c.val_fraction, low=0.0, high=1.0, high_open=True,
+                    hint="0.1 holds out 10% of train to choose the epoch on; 0 trains on all and keeps the last weights")
         if c.grad_clip is not None:
             _number("grad-clip", c.grad_clip, low=0.0, low_open=True)
         if c.ema is not None:
@@ -162,7 +174,8 @@ class TrainConfig:
             if value is not None and not isinstance(value, str):
                 raise CnnlabError(f"{label} must be a string (a path or name), got {value!r} ({type(value).__name__})")
         for label, value in (("channels-last", c.channels_last), ("compile", c.compile),
-                             ("monitor-gradients", c.monitor_gradients), ("fuse", c.fuse)):
+                             ("monitor-gradients", c.monitor_gradients), ("fuse", c.fuse),
+                             ("eval-test-every-epoch", c.eval_test_every_epoch)):
             if not isinstance(value, bool):
                 raise CnnlabError(f"{label} must be true or false, got {value!r} ({type(value).__name__})")
         parse_mix(c.mix)  # a malformed --mix fails here, before anything is loaded or written

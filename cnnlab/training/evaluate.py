@@ -26,6 +26,7 @@ from cnnlab.layers.fusion import fuse
 from cnnlab.training.inputs import load_data
 from cnnlab.training.precision import Precision, resolve_precision
 from cnnlab.training.run import load_model
+from cnnlab.training.selection import load_for_training
 from cnnlab.training.tta import check_tta, tta_log_probs
 
 
@@ -141,17 +142,19 @@ def evaluate(run: str | Path, data=None, *, which: str = "best", split: str = "t
     cfg = run_dir.read_config().get("config", {})
     if tta is None:
         tta = cfg.get("tta", "none")
-    if data is None:  # the run's own dataset, loaded exactly as training loaded it
-        data, image_size = card.dataset, cfg.get("image_size")
+    if data is None:  # the run's own dataset, split exactly as training split it (train, val, test)
         data_dir = data_dir or cfg.get("data_dir")
-    ds = load_data(data, data_dir=data_dir, image_size=image_size, val_fraction=0.0)
+        ds, _ = load_for_training(card.dataset, data_dir=data_dir, image_size=cfg.get("image_size"),
+                                  val_fraction=cfg.get("val_fraction", 0.0), seed=cfg.get("seed", 0))
+    else:
+        ds = load_data(data, data_dir=data_dir, image_size=image_size, val_fraction=0.0)
     if tuple(ds.input_size) != tuple(card.input_size):
         raise CnnlabError(f"dataset images are {tuple(ds.input_size)} but the model was trained on {card.input_size}")
     if len(ds.classes) != card.num_classes:
         raise CnnlabError(f"dataset has {len(ds.classes)} classes but the model was trained on {card.num_classes}")
     part = getattr(ds, split, None)
     if part is None:
-        raise CnnlabError(f"dataset has no '{split}' split; choose test, train or val (val needs --val-fraction)")
+        raise CnnlabError(f"dataset has no '{split}' split; choose test or train (the run held out no validation split)")
     prec = resolve_precision(precision, device)
     model = fuse(model, inplace=True, kernel=prec.device.type == "cpu") if cfg.get("fuse", True) else model
     model = model.to(prec.device)
@@ -159,3 +162,24 @@ def evaluate(run: str | Path, data=None, *, which: str = "best", split: str = "t
         model = model.to(memory_format=torch.channels_last)
     prep = Preprocess(card.mean, card.std, prec.device, prec.channels_last)
     return evaluate_split(model, part, prep, prec, card.num_classes, card.classes, batch_size, tta, card.temperature)
+
+
+def describe_weights(run: str | Path, which: str = "best") -> str:
+    """One line: which epoch's weights `which` are, and what chose them (validation, or nothing: the last)."""
+    run_dir = open_run(run)
+    card = run_dir.card(which)
+    meta = run_dir.read_config() if run_dir.exists() else {}
+    selection = meta.get("selection") or {}
+    chosen_by = card.extra.get("chosen_by") if isinstance(card.extra, dict) else None
+    if which == "last":
+        return f"weights: last (epoch {card.epoch}, after the last finished epoch)"
+    if chosen_by == "val":
+        val = card.extra.get("val_accuracy")
+        acc = f" {100 * val:.2f}%" if isinstance(val, (int, float)) else ""
+        return (f"weights: best (epoch {card.epoch}), chosen by validation accuracy{acc} on "
+                f"{selection.get('validation', 'a validation split')}; the test set chose nothing")
+    if chosen_by == "last":
+        return f"weights: best = the last (epoch {card.epoch}); no validation split (--val-fraction 0), nothing was chosen"
+    held = "validation" if (meta.get("config") or {}).get("val_fraction") else "test"
+    return (f"weights: best (epoch {card.epoch}), from a run before cnnlab's selection protocol: chosen by "
+            f"{held} accuracy" + ("; its test figures are optimistic" if held == "test" else ""))
