@@ -59,3 +59,46 @@ def tune_allocator(retain_bytes: int = 256 << 20) -> bool:
 def allocator_status() -> str:
     """One line for logs: what `tune_allocator` did in this process."""
     return str(_state["why"])
+
+
+# ---- OpenMP threads ---------------------------------------------------------------------------------
+_OMP_SETTINGS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+_omp_state: dict[str, object] = {"why": "not tried"}
+
+
+def tune_openmp() -> bool:
+    """Make idle OpenMP threads sleep at once (`OMP_WAIT_POLICY=PASSIVE`) instead of spinning first.
+
+    By default GNU OpenMP (torch's thread pool on Linux) spins up to 300,000 times waiting for the next
+    parallel region. On a machine another busy process shares, a spinning thread takes the core from the
+    process that the other thread waits for, and training with all cores collapsed (benchmarks/threads.py,
+    docs/performance.md). Only environment variables set before OpenMP starts take effect, so this must
+    run before torch is imported; it does nothing (and says so in `openmp_status()`) when torch is already
+    imported or the user has set OMP_WAIT_POLICY, GOMP_SPINCOUNT or KMP_BLOCKTIME. Opt out with
+    CNNLAB_NO_OMP_TUNING=1. The `cnnlab` command calls it at start; a library call never does."""
+    import sys  # noqa: PLC0415
+
+    if os.environ.get("CNNLAB_NO_OMP_TUNING", "") not in ("", "0"):
+        _omp_state["why"] = "off (CNNLAB_NO_OMP_TUNING is set)"
+        return False
+    given = [name for name in _OMP_SETTINGS if os.environ.get(name)]
+    if given:
+        _omp_state["why"] = f"left as configured ({', '.join(given)} set)"
+        return False
+    if "torch" in sys.modules:
+        _omp_state["why"] = "torch was imported before: OpenMP's wait policy is already fixed"
+        return False
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    _omp_state["why"] = "idle OpenMP threads sleep (OMP_WAIT_POLICY=PASSIVE)"
+    return True
+
+
+def openmp_status() -> str:
+    return str(_omp_state["why"])
+
+
+def set_threads(threads: int) -> None:
+    """torch's intra-op threads for this process (`torch.set_num_threads`): the CLI's `--threads`."""
+    import torch  # noqa: PLC0415
+
+    torch.set_num_threads(int(threads))

@@ -34,7 +34,7 @@ def check_experiment_files(folder: Path) -> dict:
     """The files of a `--quick` experiment run in `folder`: a quick result.json with a claim and a verdict,
     a real PNG plot and a table.md with the verdict line. Returns the parsed result.json."""
     saved = json.loads((folder / "result.json").read_text())
-    assert saved["quick"] is True and saved["verdict"] in ("supported", "not supported", "inconclusive")
+    assert saved["quick"] is True and saved["verdict"] in ("supported", "contradicted", "inconclusive")
     assert saved["claim"] and saved["outcome"]["verdict"]
     png = (folder / "plot.png").read_bytes()
     assert png.startswith(PNG) and len(png) > 1000

@@ -56,8 +56,7 @@ def test_bottleneck_quick(tmp_path):
     assert [r["block_params"] for r in rows] == [589_824, 69_632]
     assert [r["block_macs"] for r in rows] == [49 * 589_824, 49 * 69_632]
     for r in rows:
-        assert 0.0 <= r["accuracy"] <= 1.0 and r["train_s"] > 0
-    drop = rows[0]["accuracy"] - rows[1]["accuracy"]
-    assert (saved["verdict"] == "supported") == (drop <= 0.01)
+        assert 0.0 <= r["accuracy"]["mean"] <= 1.0 and r["train_s"]["mean"] > 0
+    assert saved["verdict"] == "inconclusive"  # one seed: the non-inferiority interval is unbounded
     table = (folder / "table.md").read_text()
     assert "| plain | 589,824 |" in table and "| bottleneck | 69,632 |" in table

@@ -24,14 +24,15 @@ def test_stratified_indices_take_the_same_number_of_every_class():
 
 
 @needs_fashion
-def test_augmentation_reduced_set_is_500_per_class():
+def test_augmentation_reduced_sets_are_balanced():
     from cnnlab.data import load_dataset
 
     full = load_dataset("fashion-mnist")
-    idx = stratified_indices(full.train.labels, AUG_SIZES["default"]["train"], seed=0)
+    assert AUG_SIZES["default"]["train"] == (100, 400)  # 1,000 and 4,000 images
+    idx = stratified_indices(full.train.labels, AUG_SIZES["default"]["train"][1], seed=0)
     ds = subset_dataset(full, idx, torch.arange(10))
-    assert len(ds.train) == 5_000
-    assert torch.bincount(ds.train.labels, minlength=10).tolist() == [500] * 10
+    assert len(ds.train) == 4_000
+    assert torch.bincount(ds.train.labels, minlength=10).tolist() == [400] * 10
     assert torch.equal(ds.train.images, full.train.images[idx])
     # statistics are those of the kept images, computed directly here
     assert ds.mean[0] == pytest.approx(ds.train.images.double().mean().item() / 255, abs=1e-9)
@@ -73,10 +74,9 @@ def test_classics_quick(tmp_path):
     # channel removes 2 of the first conv's 3 x 16 x 3 x 3 weights per filter
     assert rows[-1]["params"] == 269_722 - 2 * 16 * 3 * 3
     for r in rows:
-        assert 0.0 <= r["accuracy"] <= 1.0 and r["train_s"] > 0 and r["macs"] > 0
-    # the verdict is computed from the measured accuracies
-    rises = all(b["accuracy"] > a["accuracy"] for a, b in zip(rows[:-1], rows[1:], strict=True))
-    assert (saved["verdict"] == "supported") == (rises and all(r["macs"] > rows[0]["macs"] for r in rows[1:]))
+        assert 0.0 <= r["accuracy"]["mean"] <= 1.0 and r["train_s"]["mean"] > 0 and r["macs"] > 0
+        assert r["accuracy"]["n"] == 1 and r["per_seed"] == [r["accuracy"]["mean"]]
+    assert saved["verdict"] == "inconclusive"  # one seed decides nothing
     assert "| LeNet-5 | 1998 | 61,706 |" in (tmp_path / "classics" / "table.md").read_text()
     assert result.outcome.rows == rows
 
@@ -86,16 +86,20 @@ def test_classics_quick(tmp_path):
 def test_augmentation_quick(tmp_path):
     run_experiment("augmentation", out=tmp_path, quick=True, progress=False)
     saved = check_experiment_files(tmp_path / "augmentation")
-    rows = {r["augmentation"]: r for r in saved["outcome"]["rows"]}
-    assert list(rows) == ["none", "reflection", "random crop", "random scaling", "exposure", "saturation",
-                          "contrast (grey stand-in for saturation)", "all five (lecture preset)", "random erasing"]
-    assert rows["saturation"]["test"] is None  # grayscale: not trained, and the table says why
-    assert "no-op" in rows["saturation"]["pipeline"]
-    assert rows["all five (lecture preset)"]["pipeline"] == "lecture"
-    for name, r in rows.items():
-        if name == "saturation":
-            continue
-        assert 0.0 <= r["test"] <= 1.0 and 0.0 <= r["train"] <= 1.0
-        assert r["gap"] == pytest.approx(r["train"] - r["test"])
-        assert r["delta"] == pytest.approx(r["test"] - rows["none"]["test"])
+    sizes = sorted({r["train_images"] for r in saved["outcome"]["rows"]})
+    assert sizes == [200, 500]  # two training-set sizes
+    for n in sizes:
+        rows = {r["augmentation"]: r for r in saved["outcome"]["rows"] if r["train_images"] == n}
+        assert list(rows) == ["none", "reflection", "random crop", "random scaling", "exposure", "saturation",
+                              "contrast (grey stand-in for saturation)", "all five (lecture preset)"]
+        assert rows["saturation"]["test"] is None  # grayscale: not trained, and the table says why
+        assert "no-op" in rows["saturation"]["pipeline"]
+        assert rows["all five (lecture preset)"]["pipeline"] == "lecture"
+        for name, r in rows.items():
+            if name in ("saturation", "none"):
+                continue
+            assert 0.0 <= r["test"]["mean"] <= 1.0
+            assert r["delta"]["mean"] == pytest.approx(r["test"]["mean"] - rows["none"]["test"]["mean"])
+            assert r["effect"].startswith("unclear")  # one seed
+    assert saved["verdict"] == "inconclusive"
     assert any("grayscale" in n for n in saved["outcome"]["notes"])

@@ -84,8 +84,9 @@ def test_why_conv_quick(tmp_path):
     assert {k: r["params"] for k, r in rows.items()} == hand
     # a conv and a local layer of the same shape make the same multiply-adds (the local one just shares nothing)
     assert rows["conv"]["macs"] == rows["local"]["macs"]
-    assert all(0.0 <= r["accuracy"] <= 1.0 for r in rows.values())
-    assert res.outcome.supported in (True, False)
+    assert all(0.0 <= r["accuracy"]["mean"] <= 1.0 for r in rows.values())
+    assert res.outcome.supported is None  # one seed: the interval rule cannot decide, so inconclusive
+    assert "inconclusive at quick size" in (tmp_path / "why-conv" / "table.md").read_text()
 
 
 @needs_fashion

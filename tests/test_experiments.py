@@ -60,8 +60,27 @@ def test_run_all_writes_results_and_lecture(toy, tmp_path):
     assert "quick-size numbers" in lecture
     assert lecture.index("## First claim") < lecture.index("## Second claim")
     assert "](first/plot.png)" in lecture and "second/plot.png" not in lecture
-    assert "**Verdict: not supported (quick).**" in lecture
-    assert "| not supported (quick) |" in lecture  # the summary table says so too
+    assert "**Verdict: contradicted (quick).**" in lecture
+    assert "| contradicted (quick) |" in lecture  # the summary table says so too
+    assert saved["seeds"] == [0] and saved["size"] == "quick"
+
+
+def test_seeds_reach_the_experiment_and_the_command(toy, tmp_path):
+    seen = []
+
+    @register_experiment("third", title="Third", claim="C.", order=30, default_data=None)
+    def third(ctx):
+        seen.append((ctx.seeds, ctx.size))
+        return Outcome(columns=["k"], rows=[{"k": {"n": 3, "mean": 0.5, "std": 0.1, "low": 0.25, "high": 0.75}}],
+                       supported=None, verdict="v", plot=None, fmt={"k": ".1%"})
+
+    res = _base.run_experiment("third", out=tmp_path, seed=5, seeds=3, progress=False)
+    assert seen == [((5, 6, 7), "default")]
+    assert res.command == "cnnlab experiment third"  # 3 seeds is the default: not repeated
+    table = (tmp_path / "third" / "table.md").read_text()
+    assert "| 50.0% ± 10.0 [25.0, 75.0] |" in table and "3 seeds (5, 6, 7)" in table
+    assert "**Verdict: inconclusive at this budget.**" in table
+    assert _base.run_experiment("third", out=tmp_path, seeds=2, progress=False).command.endswith("--seeds 2")
 
 
 def test_markdown_table_formats_and_missing_cells():
@@ -80,3 +99,22 @@ def test_cli_unknown_experiment_is_one_line(capsys):
     assert main(["experiment", "no-such-thing", "--out", "/nonexistent/x"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown experiment 'no-such-thing'" in err
+
+
+def test_lecture_is_rebuilt_from_result_files(toy, tmp_path):
+    from cnnlab.core.stats import check, exact
+
+    @register_experiment("third", title="Third", claim="C.", order=30, default_data=None)
+    def third(ctx):
+        checks = [check("a - b > 0", [0.9, 0.91, 0.92], [0.8, 0.82, 0.8]), exact("count", True, "8.5x")]
+        return Outcome(columns=["k"], rows=[{"k": 1}], supported=True, verdict="v", plot=None, checks=checks)
+
+    results = run_all(out=tmp_path, seeds=3, progress=False, names=["second", "third"])
+    direct = lecture_markdown(results, "cmd")
+    rebuilt = _base.write_lecture(tmp_path)
+    assert [r.name for r in rebuilt] == ["second", "third"]
+    # the same page, apart from the command line that made it
+    assert lecture_markdown(rebuilt, "cmd") == direct
+    assert "| a - b > 0 | +10.33% ± 1.53 [" in direct and "| count | exact; 8.5x | supported |" in direct
+    with pytest.raises(CnnlabError, match="no experiment results"):
+        _base.write_lecture(tmp_path / "empty")

@@ -20,7 +20,9 @@ from cnnlab.models.spec import build_spec
 
 needs_kernels = pytest.mark.skipif(_native.library() is None, reason=_native.status())
 SIMD = _native.library() is not None and bool(_native.library().cnnlab_maxpool2x2_simd())
-needs_simd = pytest.mark.skipif(not SIMD, reason="models use the kernel only where its AVX-512 loops run")
+AVX512 = _native.library() is not None and _native.simd_level() == 2
+needs_simd = pytest.mark.skipif(not AVX512, reason="bf16 models use the kernel only where its AVX-512 loops run")
+needs_avx2_only = pytest.mark.skipif(not (SIMD and not AVX512), reason="a CPU with AVX2 but no AVX-512")
 BITS = {torch.bfloat16: torch.int16, torch.float32: torch.int32}
 
 
@@ -50,7 +52,7 @@ def _hard_input(n, c, h, w, dtype, seed=0) -> torch.Tensor:
 @pytest.fixture(params=["simd", "portable"])
 def kernels(request, monkeypatch):
     if request.param == "simd" and not SIMD:
-        pytest.skip("no AVX-512 on this CPU: the portable loops are the only ones")
+        pytest.skip("no AVX-512 or AVX2 on this CPU: the portable loops are the only ones")
     monkeypatch.setattr(mp, "_FORCE_PORTABLE", request.param == "portable")
     return request.param
 
@@ -61,7 +63,8 @@ def kernels(request, monkeypatch):
 @pytest.mark.parametrize("relu", [True, False], ids=["relu", "pool"])
 def test_values_and_gradients_equal_pytorchs(kernels, dtype, shape, relu):
     x = _hard_input(*shape, dtype)
-    assert mp.kernel_applies(x) == (SIMD and shape[1] % {torch.bfloat16: 32, torch.float32: 16}[dtype] == 0)
+    lanes = {2: {torch.bfloat16: 32, torch.float32: 16}, 1: {torch.float32: 8}}.get(_native.simd_level(), {}).get(dtype)
+    assert mp.kernel_applies(x) == bool(lanes and shape[1] % lanes == 0)
     g = _hard_input(shape[0], shape[1], shape[2] // 2, shape[3] // 2, dtype, seed=1).nan_to_num()
     xa = x.detach().clone().requires_grad_()
     ya = torch.relu(F.max_pool2d(xa, 2)) if relu else F.max_pool2d(xa, 2)
@@ -143,6 +146,36 @@ def test_the_kernel_runs_in_a_training_step_with_the_same_gradients():
     assert torch.equal(out, ref_out)
     for g, r in zip(grads, ref_grads, strict=True):
         assert torch.equal(g, r)
+
+
+@pytest.mark.skipif(not SIMD, reason="no AVX-512 or AVX2 loops on this CPU")
+def test_fp32_training_step_runs_the_kernel_with_the_same_gradients():
+    """fp32 channels_last (cnnlab's default where bf16 is not native, e.g. AVX2 CPUs): both pools of the fused
+    simple_cnn run the kernel, and the output and every gradient equal the unfused model's in PyTorch."""
+    torch.manual_seed(0)
+    plain = create_model("simple_cnn").to(memory_format=torch.channels_last)
+    fused = fuse(plain)
+    x = torch.randn(8, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+    results = []
+    for model in (fused, plain):
+        model.zero_grad(set_to_none=True)
+        with torch.profiler.profile() as prof:
+            out = model(x)
+            (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        results.append((out.detach(), [p.grad for p in model.parameters()], [e.name for e in prof.events()]))
+    assert results[0][2].count("cnnlab::max_pool2x2") == 2 and results[0][2].count("cnnlab::max_pool2x2_backward") == 2
+    assert not any(n.startswith("cnnlab::") for n in results[1][2])
+    assert torch.equal(results[0][0], results[1][0])
+    for g, r in zip(results[0][1], results[1][1], strict=True):
+        assert torch.equal(g, r)
+
+
+@needs_avx2_only
+def test_on_avx2_only_bf16_and_odd_channel_counts_run_pytorchs_pool():
+    x = torch.randn(2, 8, 4, 4).contiguous(memory_format=torch.channels_last)
+    assert mp.kernel_applies(x) and mp.simd_lanes(torch.float32) == 8
+    assert not mp.kernel_applies(x.bfloat16())  # bf16 is emulated on such CPUs: cnnlab trains in fp32 there
+    assert not mp.kernel_applies(torch.randn(2, 12, 4, 4).contiguous(memory_format=torch.channels_last))
 
 
 @needs_simd

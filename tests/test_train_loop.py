@@ -18,7 +18,7 @@ from cnnlab.models import create_model
 from cnnlab.training import Callback, NonFiniteLossError, train
 from cnnlab.training.checkpoint import list_checkpoints
 
-# Small and quick: 1437 training images of 8x8, batch 64 -> 22 steps per epoch.
+# Small and quick: 1437 training images of 8x8, 142 held out for validation, batch 64 -> 20 steps per epoch.
 OPTS = dict(model="simple_cnn", data="digits", batch_size=64, lr=3e-3, augment="flip", seed=3)
 
 
@@ -47,10 +47,17 @@ def test_run_directory_holds_everything(reference_run):
             "curves.png", "confusion.png", "checkpoints"} <= names
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["seed"] == 3 and cfg["config"]["lr"] == 3e-3 and cfg["environment"]["torch"] == torch.__version__
+    assert cfg["selection"]["chosen_by"] == "val" and cfg["config"]["val_fraction"] == 0.1
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1, 2, 3]
-    for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr", "seconds", "images_per_second"):
+    for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds", "images_per_second"):
         assert all(isinstance(r[key], float) for r in lines), key
+    # the test set: evaluated once, on the chosen epoch's weights, recorded on that epoch only
+    chosen = [r for r in lines if r.get("chosen")]
+    assert [r["epoch"] for r in chosen] == [result.best_epoch]
+    assert [r["test_accuracy"] is None for r in lines] == [r["epoch"] != result.best_epoch for r in lines]
+    assert chosen[0]["test_accuracy"] == result.test_accuracy and chosen[0]["val_accuracy"] == result.val_accuracy
+    assert result.val_accuracy == max(r["val_accuracy"] for r in lines) == result.best_accuracy
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(list_checkpoints(out / "checkpoints")) == 2  # rotation keeps two
 
@@ -67,8 +74,9 @@ def test_recorded_accuracy_matches_a_plain_fp32_evaluation(reference_run):
     with torch.no_grad():
         hits = int((model(x).argmax(1) == ds.test.labels).sum())
     # the run evaluates in bf16 where the CPU has it: allow two images of 360 to flip
-    assert abs(hits / len(ds.test) - card["accuracy"]) <= 2 / len(ds.test) + 1e-9
-    assert card["accuracy"] > 0.8  # it did learn: chance is 0.1
+    assert card["extra"]["chosen_by"] == "val" and card["accuracy"] == card["extra"]["val_accuracy"]
+    assert abs(hits / len(ds.test) - card["extra"]["test_accuracy"]) <= 2 / len(ds.test) + 1e-9
+    assert card["extra"]["test_accuracy"] > 0.8  # it did learn: chance is 0.1
 
 
 def test_flip_tta_averages_the_probabilities_of_image_and_mirror():
@@ -132,12 +140,13 @@ def test_eval_every_skips_epochs_but_always_evaluates_the_last(tmp_path, capsys)
     out = tmp_path / "run"
     result = train(**OPTS, epochs=3, eval_every=2, out=str(out))
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["test_accuracy"] is None for r in lines] == [True, False, False]
-    assert lines[0]["test_loss"] is None and isinstance(lines[0]["train_loss"], float)
+    assert [r["val_accuracy"] is None for r in lines] == [True, False, False]
+    assert lines[0]["val_loss"] is None and isinstance(lines[0]["train_loss"], float)
     assert "(evaluated every 2 epochs)" in capsys.readouterr().out
     # best is chosen among the evaluated epochs only, and the curves are drawn from them
     assert result.best_epoch in (2, 3)
-    assert result.best_accuracy == max(lines[1]["test_accuracy"], lines[2]["test_accuracy"])
+    assert result.best_accuracy == max(lines[1]["val_accuracy"], lines[2]["val_accuracy"])
+    assert lines[result.best_epoch - 1]["test_accuracy"] == result.test_accuracy
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     html = run_cli("report", str(out), "--out", str(tmp_path / "r.html"), check=True)
     assert html.returncode == 0 and (tmp_path / "r.html").stat().st_size > 0
@@ -147,8 +156,8 @@ def test_eval_takes_tta_from_the_run_unless_told(reference_run):
     from cnnlab.training.evaluate import evaluate
 
     out, result = reference_run
-    best = max(r["test_accuracy"] for r in result.history)  # best.safetensors: the best epoch, trained without tta
-    assert evaluate(out).accuracy == pytest.approx(best, abs=2 / 360)
+    # best.safetensors: the epoch validation chose, trained without tta; its test figure was recorded
+    assert evaluate(out).accuracy == pytest.approx(result.test_accuracy, abs=2 / 360)
     flipped = evaluate(out, tta="flip")
     shown = run_cli("eval", str(out), "--tta", "flip", check=True).stdout
     assert f"accuracy {100 * flipped.accuracy:.2f}%" in shown
@@ -186,6 +195,7 @@ def test_resume_after_kill_9_equals_uninterrupted(reference_run, tmp_path):
     result = train(resume=str(out), verbose=False)
     assert [h["epoch"] for h in result.history] == [1, 2, 3]
     _assert_same_weights(_weights(out), _weights(ref))
+    _assert_same_weights(_weights(out, "best"), _weights(ref, "best"))
 
 
 @pytest.mark.slow
@@ -203,12 +213,13 @@ def test_sigterm_checkpoints_then_resume_equals_uninterrupted(reference_run, tmp
     proc = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
     assert "epoch 3 at step 4" in proc.stdout
-    # the checkpoint written on SIGTERM is the newest: global step 2 * 22 + 4
-    assert list_checkpoints(out / "checkpoints")[0].name == "ckpt-00000048.pt"
+    # the checkpoint written on SIGTERM is the newest: global step 2 * 20 + 4
+    assert list_checkpoints(out / "checkpoints")[0].name == "ckpt-00000044.pt"
     proc = run_cli("train", "--resume", str(out), "--quiet")
     assert proc.returncode == 0, proc.stderr
     assert "resuming" in proc.stdout and "step 4" in proc.stdout
     _assert_same_weights(_weights(out), _weights(ref))
+    _assert_same_weights(_weights(out, "best"), _weights(ref, "best"))  # the chosen epoch's, kept across the stop
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
 
 
@@ -232,7 +243,7 @@ def test_non_finite_loss_stops_before_the_optimizer_step(tmp_path):
     assert "last good checkpoint kept" in str(err.value)
     # the weights are those of the last good step: the NaN never reached them
     ckpts = list_checkpoints(tmp_path / "run" / "checkpoints")
-    assert [p.name for p in ckpts] == ["ckpt-00000022.pt"]  # end of epoch 1, nothing newer
+    assert [p.name for p in ckpts] == ["ckpt-00000020.pt"]  # end of epoch 1, nothing newer
     saved = torch.load(ckpts[0], weights_only=True)
     assert saved["epoch"] == 1 and all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())
 
@@ -271,6 +282,6 @@ def test_bf16_accuracy_matches_fp32_within_noise(tmp_path):
     acc = {}
     for prec in ("fp32", "bf16"):
         r = train(**{**OPTS, "augment": "none"}, epochs=4, precision=prec, out=str(tmp_path / prec), verbose=False)
-        acc[prec] = r.history[-1]["test_accuracy"]
+        acc[prec] = r.test_accuracy
     assert acc["fp32"] > 0.85
     assert abs(acc["bf16"] - acc["fp32"]) <= 0.03, acc

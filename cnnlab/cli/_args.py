@@ -34,6 +34,18 @@ BATCH = int_in(1, 1 << 16)  # images per batch (the training config's MAX_BATCH)
 STEPS = int_in(0, 10_000_000)  # optimizer steps
 COUNT = int_in(1, 10_000)  # images or channels to draw
 SEED = int_in(0, (1 << 63) - 1)  # what torch.manual_seed takes
+SEEDS = int_in(1, 100)  # runs per cell of an experiment
+
+
+def threads(text: str) -> int | str:
+    """`--threads`: 'auto' or a whole number of threads from 1 to 1,024."""
+    if text == "auto":
+        return text
+    try:
+        return int_in(1, 1024)(text)
+    except argparse.ArgumentTypeError:
+        shown = text if len(text) <= 24 else text[:20] + "..."
+        raise argparse.ArgumentTypeError(f"expected auto or an integer from 1 to 1,024, got '{shown}'") from None
 
 
 def check_out(path: str | None, flag: str = "--out", *, folder: bool = False) -> None:

@@ -1,19 +1,20 @@
-"""`cnnlab data list [--json]` and `cnnlab data get NAME [--download]`: which datasets exist, where they
-are, and fetching one explicitly."""
+"""`cnnlab data list [--json]`, `cnnlab data get NAME [--download]` and `cnnlab data audit NAME`: which
+datasets exist, where they are, fetching one explicitly, and auditing one (balance, duplicates)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
-from cnnlab.cli._args import IMAGE_SIDE
+from cnnlab.cli._args import IMAGE_SIDE, check_out
 
 ORDER = 30
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("data", help="list datasets and where they are; fetch one (cnnlab data list|get)")
+    p = sub.add_parser("data", help="list datasets and where they are; fetch or audit one (cnnlab data list|get|audit)")
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION", parser_class=type(p))
     lp = dsub.add_parser("list", help="every dataset: classes, image size, train/test counts, where it is")
     lp.add_argument("--json", action="store_true", help="machine-readable output")
@@ -24,6 +25,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
     gp.add_argument("--data-dir", default=None, help="search this folder first; downloads go here")
     gp.add_argument("--image-size", type=IMAGE_SIDE, default=None, help="resize to this many pixels (shorter side)")
     gp.add_argument("--strict", action="store_true", help="imagefolder: stop at the first unreadable file")
+    ap = dsub.add_parser("audit", help="class balance, sizes, statistics, unreadable files, exact and near duplicates",
+                         description="Audit a dataset: images per class and balance, image sizes and modes, "
+                         "per-channel mean/std, unreadable files, and exact (same pixels) and near (perceptual hash "
+                         "plus thumbnail check) duplicates within each split and across train/test. Writes "
+                         "OUT/pairs.png (the pairs side by side) and OUT/audit.json.")
+    ap.add_argument("name", help="a dataset name (see `cnnlab data list`) or imagefolder:PATH")
+    ap.add_argument("--data-dir", default=None, help="search this folder first")
+    ap.add_argument("--out", default=None, help="folder for pairs.png and audit.json (default audits/<name>)")
+    ap.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run, _data_parser=p)
     return p
 
@@ -36,11 +46,17 @@ def _progress(name: str, got: int, total: int | None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cnnlab.data import dataset_names, fetch_dataset, find_dataset, list_datasets, load_dataset  # noqa: PLC0415 - torch only once a command runs: fast --help
+    from cnnlab.data import audit, dataset_names, fetch_dataset, find_dataset, list_datasets, load_dataset  # noqa: PLC0415 - torch only once a command runs: fast --help
 
     if args.data_command is None:
         args._data_parser.print_help()
         return 2
+    if args.data_command == "audit":
+        out = args.out or os.path.join("audits", "".join(c if c.isalnum() or c in "-_" else "-" for c in args.name)[-60:])
+        check_out(out, "--out", folder=True)
+        result = audit.audit(args.name, data_dir=args.data_dir, out=out)
+        print(json.dumps(result.to_dict(), indent=2) if args.json else result)
+        return 0
     if args.data_command == "list":
         infos = list_datasets(args.data_dir)
         if args.json:

@@ -1,4 +1,4 @@
-"""`cnnlab report RUN`: one self-contained HTML page about a training run.
+"""`cnnlab report RUN [RUN ...]`: one self-contained HTML page about a training run, or several compared.
 
 Config, learning curves, confusion matrix, per-class accuracy, first-layer kernels, the most confident
 errors and gradient norms (when recorded). Images are embedded, CSS is inline, there are no scripts:
@@ -16,8 +16,10 @@ ORDER = 47
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write a self-contained HTML report of a trained run", description=__doc__)
-    p.add_argument("run", metavar="RUN", help="run directory written by `cnnlab train`")
-    p.add_argument("--out", metavar="FILE", help="HTML file to write (default RUN/report.html)")
+    p.add_argument("run", nargs="+", metavar="RUN",
+                   help="run directory written by `cnnlab train`; several (or a k-fold folder): compared on one page")
+    p.add_argument("--out", metavar="FILE",
+                   help="HTML file to write (default RUN/report.html; report.html here for several runs)")
     p.add_argument("--weights", default="best", choices=("best", "last"), help="which weights (default best)")
     p.add_argument("--errors", type=int_in(0, 10_000), default=16, help="most confident errors to show (default 16)")
     p.add_argument("--data-dir", help="folder holding the dataset's files")

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cnnlab.cli._args import check_out, int_in
+from cnnlab.cli._args import check_out, int_in, threads
+from cnnlab.core.machine import others_busy, threads_for
 from cnnlab.errors import CnnlabError
+from cnnlab.runtime import set_threads
 
 ORDER = 40
 
@@ -17,7 +19,17 @@ EPILOG = """examples:
   cnnlab train --config run.toml --epochs 20               # a TOML file of options; flags still win
   cnnlab train --resume runs/simple_cnn-fashion-mnist-20261128-101500
   cnnlab train --nproc 2 --model resnet20 --data cifar10   # DDP on this machine (or run under torchrun)
+  cnnlab train --data digits --epochs 3 --folds 5          # 5-fold cross-validation: RUN/fold-1..5, folds.json
+  cnnlab train --data imagefolder:photos --class-weights auto --log tensorboard
 """
+
+
+MIX_HELP = ("MixUp / CutMix with lambda (and box) drawn per sample, train only: METHOD[:ALPHA][:p=P],... with METHOD "
+            "mixup or cutmix, lambda ~ Beta(ALPHA, ALPHA) (ALPHA > 0, default 1). Each sample draws one method: METHOD "
+            "with probability P; items without p share what the given p's leave of 1 (the p's add up to <= 1; "
+            "what is left is unmixed). mixup:0.2 | cutmix:1.0 | mixup:0.2,cutmix:1.0 (half each) | "
+            "mixup:0.2,cutmix:1.0:p=0.5 (cutmix 0.5, mixup 0.5) | cutmix:1.0:p=0.5 (half unmixed). Targets become "
+            "soft (label smoothing applies to them); train accuracy counts the dominant class of each mixed target")
 
 
 def _model_option(text: str) -> tuple[str, object]:
@@ -43,26 +55,49 @@ def add_parser(sub) -> argparse.ArgumentParser:
     g.add_argument("--data", help="dataset name (`cnnlab data list`); default fashion-mnist")
     g.add_argument("--data-dir", help="folder holding the dataset's files")
     g.add_argument("--image-size", type=int, help="resize images to this side, in pixels")
-    g.add_argument("--val-fraction", type=float, help="hold out this share of train to pick the best epoch on")
+    g.add_argument("--val-fraction", type=float,
+                   help="share of train held out (stratified, seeded) to choose the epoch on; default 0.1, or the "
+                        "dataset's own val/ split; 0: train on all of it and keep the last weights")
     g.add_argument("--recipe", help="start from a named recipe (see --list-recipes)")
     g.add_argument("--config", help="TOML file of options (flags given here still win)")
     g.add_argument("--resume", metavar="RUN", help="continue the run in this directory from its last checkpoint")
     h = p.add_argument_group("how to train")
-    h.add_argument("--epochs", type=int)
-    h.add_argument("--batch-size", type=int, help="global batch (split across processes); default 128")
+    h.add_argument("--epochs", type=int, help="default 10, more on a small training set (at least 500 steps)")
+    h.add_argument("--batch-size", type=int, help="global batch (split across processes); default 128, "
+                   "less on a small training set (at least 20 steps per epoch)")
     h.add_argument("--eval-batch-size", type=int)
     h.add_argument("--eval-every", type=int, help="evaluate every N epochs and after the last (default 1: every epoch)")
+    h.add_argument("--eval-test-every-epoch", action="store_const", const=True, default=None,
+                   help="also evaluate the test set after each epoch (recorded and plotted, never used to choose); "
+                        "by default it is evaluated once, on the chosen weights")
     h.add_argument("--optimizer", help="sgd, adam or adamw (default)")
-    h.add_argument("--lr", type=float, help="peak learning rate (default: 1e-3 adam/adamw, 0.05 sgd)")
+    h.add_argument("--lr", type=float, help="peak learning rate (default: 1e-3 adam/adamw, 3e-3 on a small "
+                   "training set; 0.05 sgd)")
     h.add_argument("--momentum", type=float, help="SGD momentum or Adam beta1 (default 0.9)")
     h.add_argument("--weight-decay", type=float)
-    h.add_argument("--schedule", help="onecycle (default), cosine, step or constant")
+    h.add_argument("--schedule", help="onecycle (default), cosine, step, constant or plateau (cut on stalls)")
     h.add_argument("--warmup", type=float, help="epochs of linear warm-up")
     h.add_argument("--label-smoothing", type=float)
     h.add_argument("--grad-clip", type=float, help="clip the gradient norm to this value")
+    h.add_argument("--ema", type=float, metavar="DECAY",
+                   help="also keep an exponential moving average of the weights (e.g. 0.999 per step): evaluated "
+                   "each epoch, saved as RUN/ema.safetensors (`cnnlab eval RUN --weights ema`)")
+    h.add_argument("--early-stop", type=int_in(1, 100_000), metavar="PATIENCE",
+                   help="stop after PATIENCE evaluated epochs without improvement of --monitor (needs --val-fraction)")
+    h.add_argument("--monitor", help="what --early-stop and --schedule plateau watch: val_loss (default) or val_accuracy")
+    h.add_argument("--plateau-patience", type=int_in(0, 100_000), metavar="EPOCHS",
+                   help="--schedule plateau: evaluated epochs without improvement before a cut (default 3)")
+    h.add_argument("--plateau-factor", type=float, help="--schedule plateau: multiply the rates by this (default 0.1)")
     h.add_argument("--dropout", type=float, help="dropout probability, for models that have dropout")
     h.add_argument("--augment", help='augmentation pipeline, e.g. "flip,crop:4" (`cnnlab augment --help`)')
+    h.add_argument("--mix", metavar="SPEC", help=MIX_HELP)
     h.add_argument("--seed", type=int)
+    h.add_argument("--class-weights", help="auto: weigh the loss by inverse class frequency (imbalanced classes); "
+                   "none (default)")
+    h.add_argument("--sampler", help="balanced: every class equally often in each epoch (rare images repeat); "
+                   "shuffle (default)")
+    h.add_argument("--folds", type=int_in(2, 100), metavar="K",
+                   help="k-fold cross-validation: K runs on stratified folds of train (RUN/fold-1..K, folds.json)")
     h.add_argument("--tta", help="test-time augmentation in evaluation: none (default), flip (image + mirror), "
                    "shift (+ 1-pixel shifts) or flip-shift (both, 10 views)")
     s = p.add_argument_group("speed and output")
@@ -73,10 +108,14 @@ def add_parser(sub) -> argparse.ArgumentParser:
     s.add_argument("--compile", action="store_const", const=True, default=None, help="torch.compile the model")
     s.add_argument("--no-fuse", dest="fuse", action="store_const", const=False, default=None,
                    help="train the model's modules as built, without cnnlab.fuse (same values, slower)")
+    s.add_argument("--threads", type=threads, help="CPU threads for torch: a number, or auto: the usable CPUs less "
+                   "those other processes keep busy, measured at start (default: torch's, all cores)")
     s.add_argument("--out", help="run directory (default runs/<model>-<data>-<time>)")
     s.add_argument("--checkpoint-every", type=int, help="also checkpoint every N steps")
     s.add_argument("--keep-checkpoints", type=int)
     s.add_argument("--nproc", type=int_in(1, 1024), default=1, help="processes on this machine (DDP through torchrun)")
+    s.add_argument("--log", help="also log to csv (RUN/metrics.csv), tensorboard (RUN/tensorboard/; needs the "
+                   "tensorboard package) or both: csv,tensorboard")
     s.add_argument("--quiet", action="store_true", help="no progress bar: one line per epoch (for logs)")
     s.add_argument("--monitor-gradients", action="store_const", const=True, default=None,
                    help="record per-layer gradient norms (RUN/gradients.jsonl, gradients.png); warn when they vanish")
@@ -88,12 +127,16 @@ def add_parser(sub) -> argparse.ArgumentParser:
 OPTION_NAMES = ("model", "data", "data_dir", "image_size", "val_fraction", "epochs", "batch_size", "eval_batch_size",
                 "eval_every", "optimizer", "lr", "momentum", "weight_decay", "schedule", "warmup", "label_smoothing", "grad_clip",
                 "dropout", "augment", "seed", "precision", "device", "channels_last", "compile", "fuse", "out",
-                "checkpoint_every", "keep_checkpoints", "monitor_gradients", "tta")
+                "checkpoint_every", "keep_checkpoints", "monitor_gradients", "tta", "eval_test_every_epoch")
+OPTION_NAMES += ("mix",)
+OPTION_NAMES += ("ema", "early_stop", "monitor", "plateau_patience", "plateau_factor")  # weight averaging, stopping
 
 
 def run(args: argparse.Namespace) -> int:
     if not args.resume:
         check_out(args.out, folder=True)
+    if args.folds and args.resume:
+        raise CnnlabError(f"--folds starts {args.folds} new runs; to continue one fold, --resume its folder (RUN/fold-3)")
     from cnnlab.training import (  # noqa: PLC0415 - torch only once a command runs: fast --help
         NonFiniteLossError,
         TrainingInterrupted,
@@ -101,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
         recipes,
         resolve_config,
         train,
+        train_folds,
     )
 
     if args.list_recipes:
@@ -112,12 +156,21 @@ def run(args: argparse.Namespace) -> int:
     if args.nproc != 1:
         if args.nproc < 1:
             raise CnnlabError(f"--nproc must be a positive integer, got {args.nproc}")
-        resolve_config(options, recipe=args.recipe, config_file=args.config, resume=args.resume).resolved()
+        resolve_config({**options, "folds": args.folds, "fold": 1 if args.folds else None}, recipe=args.recipe,
+                       config_file=args.config, resume=args.resume).resolved()
         argv = _without_nproc(sys.argv[1:])
         return distributed.launch(args.nproc, argv)
 
+    if args.threads is not None:  # the process is ours: set here, in the CLI, never by a library call
+        chosen = threads_for(others := others_busy()) if args.threads == "auto" else args.threads
+        set_threads(chosen)
+        if args.threads == "auto":
+            print(f"threads: {chosen} (auto: other processes keep {others:.1f} CPUs busy)", flush=True)
     try:
-        train(recipe=args.recipe, config=args.config, resume=args.resume, progress=not args.quiet, **options)
+        if args.folds:
+            train_folds(args.folds, recipe=args.recipe, config=args.config, progress=not args.quiet, **options)
+        else:
+            train(recipe=args.recipe, config=args.config, resume=args.resume, progress=not args.quiet, **options)
         distributed.shutdown()
     except NonFiniteLossError as e:
         sys.stderr.write(f"cnnlab train: error: {e}\n")

@@ -16,7 +16,7 @@ import sys
 
 import cnnlab.cli as cli_pkg
 from cnnlab.errors import CnnlabError
-from cnnlab.runtime import tune_allocator
+from cnnlab.runtime import tune_allocator, tune_openmp
 from cnnlab.version import __version__
 
 EXIT_USAGE = 2
@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     # the process is ours: keep freed tensor memory for reuse (a library call never changes this)
     tune_allocator()
+    tune_openmp()  # idle OpenMP threads sleep: a busy neighbour no longer halves training (before torch loads)
     try:
         code = args.func(args)
     except CnnlabError as e:

@@ -8,6 +8,7 @@ numpy, torch (with safetensors, its file format) and `cnnlab.errors`; matplotlib
 - `paths`: the user cache directory and its sub-folders, with their environment overrides.
 - `run`: the run directory and the model card beside each set of weights.
 - `preprocess`: uint8 images -> normalised float, the one place that does it.
+- `machine`: CPU model and instruction-set class, a matmul peak, the CPU share other processes take.
 
 Nothing here changes process-wide state (umask, allocator, matplotlib backend).
 """

@@ -5,7 +5,8 @@ is freed when it goes out of scope, and leaves `matplotlib.get_backend()` and a 
 as they were. matplotlib is imported inside the functions: it is slow to import and only needed when a
 figure is drawn.
 
-Also the two pictures of a run: learning curves and the confusion matrix.
+Also the pictures of a run: learning curves and the confusion matrix, and the curves of several runs
+overlaid (`cnnlab compare`).
 """
 
 from __future__ import annotations
@@ -57,17 +58,28 @@ def save_figure(fig, path: str | Path) -> Path:
 
 
 def plot_curves(history: list[dict[str, Any]], path: str | Path, title: str = "") -> None:
-    """Loss (left) and accuracy in % (right) per epoch, train and test (or val)."""
+    """Loss (left) and accuracy in % (right) per epoch: train, validation (what chose the weights), test per
+    epoch where it was measured every epoch (dotted, marked as not used to choose), and the test figure of
+    the chosen weights (a star on the record marked `"chosen"`)."""
     epochs = [h["epoch"] for h in history]
-    held = "val" if any(h.get("val_accuracy") is not None for h in history) else "test"
+    chosen = [h for h in history if h.get("chosen") and h.get("test_accuracy") is not None]
     # with --eval-every some epochs have no held-out figures: plot those that were measured
-    seen = [h for h in history if h.get(f"{held}_accuracy") is not None]
+    val = [h for h in history if h.get("val_accuracy") is not None]
+    test = [h for h in history if h.get("test_accuracy") is not None]
+    per_epoch_test = len(test) > len(chosen)  # a run before the selection protocol, or --eval-test-every-epoch
     fig, (ax_loss, ax_acc) = subplots(1, 2, figsize=(10, 3.8))
-    ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
-    ax_loss.plot([h["epoch"] for h in seen], [h[f"{held}_loss"] for h in seen], "s-", label=held)
+    for ax, key, scale in ((ax_loss, "loss", 1), (ax_acc, "accuracy", 100)):
+        ax.plot(epochs, [scale * h[f"train_{key}"] for h in history], "o-", label="train")
+        if val:
+            ax.plot([h["epoch"] for h in val], [scale * h[f"val_{key}"] for h in val], "s-", label="validation")
+        if per_epoch_test:
+            label = "test (every epoch, not used to choose)" if val else "test"
+            ax.plot([h["epoch"] for h in test], [scale * h[f"test_{key}"] for h in test], "^:", label=label)
+        if chosen:
+            what = "chosen" if val else "last"
+            ax.plot([h["epoch"] for h in chosen], [scale * h[f"test_{key}"] for h in chosen], "*", ms=13,
+                    color="tab:red", label=f"test, {what} weights")
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
-    ax_acc.plot(epochs, [100 * h["train_accuracy"] for h in history], "o-", label="train")
-    ax_acc.plot([h["epoch"] for h in seen], [100 * h[f"{held}_accuracy"] for h in seen], "s-", label=held)
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
@@ -81,6 +93,11 @@ def plot_curves(history: list[dict[str, Any]], path: str | Path, title: str = ""
 
 def plot_confusion(confusion, classes: list[str], path: str | Path, title: str = "") -> None:
     """Rows: true class, columns: predicted class; cells count images, colour is the row share."""
+    save_figure(confusion_figure(confusion, classes, title), path)
+
+
+def confusion_figure(confusion, classes: list[str], title: str = ""):
+    """The figure `plot_confusion` saves (for callers that want the PNG bytes, `figure_png`)."""
     cm = np.asarray(confusion, dtype=np.int64)
     share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
     k = len(classes)
@@ -95,4 +112,33 @@ def plot_confusion(confusion, classes: list[str], path: str | Path, title: str =
         ax.set_xticks(range(k), classes, rotation=60, ha="right", fontsize=8)
         ax.set_yticks(range(k), classes, fontsize=8)
     ax.set(xlabel="predicted", ylabel="true", title=title or "confusion matrix")
+    return fig
+
+
+def plot_curves_overlay(histories: list[list[dict[str, Any]]], labels: list[str], path: str | Path,
+                        title: str = "") -> None:
+    """Several runs' curves on shared axes: loss (left) and accuracy in % (right) per epoch; one colour per
+    run, train dashed and held-out (val where recorded, else test) solid."""
+    fig, (ax_loss, ax_acc) = subplots(1, 2, figsize=(11, 4.2))
+    colours = colormap("tab10")
+    for i, (history, label) in enumerate(zip(histories, labels, strict=True)):
+        colour = colours(i % 10)
+        held = "val" if any(h.get("val_accuracy") is not None for h in history) else "test"
+        seen = [h for h in history if h.get(f"{held}_accuracy") is not None]
+        epochs = [h["epoch"] for h in history]
+        for ax, key, scale in ((ax_loss, "loss", 1), (ax_acc, "accuracy", 100)):
+            ax.plot(epochs, [scale * h[f"train_{key}"] for h in history], "--", color=colour, alpha=0.7,
+                    label=f"{label} train")
+            ax.plot([h["epoch"] for h in seen], [scale * h[f"{held}_{key}"] for h in seen], "o-", color=colour,
+                    markersize=3, label=f"{label} {held}")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy (dashed: train)")
+    last = max((h["epoch"] for history in histories for h in history), default=1)
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        if last < 15:
+            ax.set_xticks(range(1, last + 1))
+    ax_acc.legend(fontsize=7, loc="lower right")
+    if title:
+        fig.suptitle(title)
     save_figure(fig, path)

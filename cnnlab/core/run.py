@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from cnnlab.core.files import atomic_write_json, atomic_write_text
+from cnnlab.core.machine import describe
 from cnnlab.core.weights import load_safetensors, save_safetensors
 from cnnlab.errors import CnnlabError
 from cnnlab.version import __version__
@@ -52,6 +53,9 @@ class ModelCard:
     accuracy: float | None = None  # held-out accuracy at that epoch, in [0, 1]
     format: str = WEIGHTS_FORMAT
     extra: dict[str, Any] = field(default_factory=dict)
+    # softmax temperature fitted on the validation split by `cnnlab calibrate` (1.0: not calibrated);
+    # predict, eval, export and the report divide log-probabilities by it (argmax unchanged)
+    temperature: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -99,6 +103,9 @@ class ModelCard:
             raise bad("input_size", "[C, H, W] with C means and C stds")
         if len(d["classes"]) != d["num_classes"]:
             raise bad("classes", f"{d['num_classes']} names (num_classes)")
+        t = d.get("temperature", 1.0)
+        if not isinstance(t, (int, float)) or isinstance(t, bool) or not 0.0 < t < float("inf"):
+            raise bad("temperature", "a positive finite number (run `cnnlab calibrate` again)")
         return cls(**d)
 
 
@@ -134,6 +141,7 @@ def environment() -> dict[str, Any]:
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "machine": describe(),  # CPU model and class (AVX2, AVX-512, AVX512-BF16, AMX, NEON), cores, threads
     }
 
 

@@ -279,6 +279,16 @@ def _layout(root: Path, walk: _Walk) -> dict[str, Path]:
     return {"all": root}
 
 
+def has_val_folder(path: str | Path) -> bool:
+    """Whether `path` holds train/, test/ and val/ split folders (the dataset's own validation split).
+    False for a folder that is not a readable dataset: loading it reports why."""
+    root = Path(path).expanduser()
+    try:
+        return "val" in _layout(root, _Walk(root))
+    except (CnnlabError, OSError):
+        return False
+
+
 def _class_folders(folder: Path, classes: list[str] | None, walk: _Walk) -> tuple[list[str], list[Path]]:
     """(class names, class folders) of one split folder; `classes` from train/ when given."""
     dirs = walk.subfolders(folder)
@@ -389,10 +399,12 @@ class FolderSplit(Split):
         device: str | torch.device = "cpu",
         rank: int = 0,
         world_size: int = 1,
+        order: Tensor | None = None,
     ) -> Iterator[tuple[Tensor, Tensor]]:
         _check_batching(batch_size, rank, world_size)
         device = torch.device(device)
-        order = epoch_order(len(self), shuffle=shuffle, seed=seed, epoch=epoch, rank=rank, world_size=world_size)
+        if order is None:
+            order = epoch_order(len(self), shuffle=shuffle, seed=seed, epoch=epoch, rank=rank, world_size=world_size)
         index_batches = [order[s].tolist() for s in batch_slices(len(order), batch_size, drop_last)]
         loader = torch.utils.data.DataLoader(
             _FolderImages(self.paths, self.gray, self.size),

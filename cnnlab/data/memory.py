@@ -69,8 +69,11 @@ class Split:
         device: str | torch.device = "cpu",
         rank: int = 0,
         world_size: int = 1,
+        order: Tensor | None = None,
     ) -> Iterator[tuple[Tensor, Tensor]]:
-        """Yield (images uint8 (B, C, H, W), labels int64 (B,)) on `device`, in `epoch_order`."""
+        """Yield (images uint8 (B, C, H, W), labels int64 (B,)) on `device`, in `epoch_order`, or in `order`
+        (int64 indices, e.g. `cnnlab.data.sampling.balanced_order`) when given, which replaces the other
+        ordering arguments."""
         raise NotImplementedError
 
     def num_batches(self, batch_size: int, *, drop_last: bool = False, world_size: int = 1) -> int:
@@ -120,10 +123,12 @@ class MemorySplit(Split):
         device: str | torch.device = "cpu",
         rank: int = 0,
         world_size: int = 1,
+        order: Tensor | None = None,
     ) -> Iterator[tuple[Tensor, Tensor]]:
         _check_batching(batch_size, rank, world_size)
         device = torch.device(device)
-        order = epoch_order(len(self), shuffle=shuffle, seed=seed, epoch=epoch, rank=rank, world_size=world_size)
+        if order is None:
+            order = epoch_order(len(self), shuffle=shuffle, seed=seed, epoch=epoch, rank=rank, world_size=world_size)
         shape = self.images.shape[1:]
         if device.type == "cpu":
             # numpy's single-threaded take: torch's parallel index_select stalls for milliseconds per batch

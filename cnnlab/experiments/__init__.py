@@ -12,7 +12,8 @@ from cnnlab.experiments._base import (
     register_experiment,
     run_all,
     run_experiment,
+    write_lecture,
 )
 
 __all__ = ["ExperimentContext", "ExperimentResult", "Outcome", "get_experiment", "list_experiments",
-           "register_experiment", "run_all", "run_experiment"]
+           "register_experiment", "run_all", "run_experiment", "write_lecture"]

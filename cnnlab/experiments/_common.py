@@ -1,13 +1,18 @@
-"""Helpers shared by the experiments: seeded class-balanced subsets, quiet in-memory training, progress, counts."""
+"""Helpers shared by the experiments: seeded class-balanced subsets, quiet in-memory training, progress, counts,
+and `fit_selected`: training whose weights are chosen on a validation split held out of the training images."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
 from cnnlab.core.preprocess import Preprocess
+from cnnlab.core.stats import summarize
 from cnnlab.data.dataset import Dataset, in_memory_dataset
 from cnnlab.data.memory import stratified_sample as stratified_indices  # the experiments' name for it
 from cnnlab.errors import CnnlabError
@@ -80,6 +85,10 @@ def fit(model: str | nn.Module, data: Dataset, *, device: str = "auto", callback
     `options` are `TrainConfig` fields (epochs, batch_size, lr, seed, augment, ...); `callbacks` are
     training callbacks (e.g. `epoch_progress`).
     """
+    # today's experiments train on all of train and watch a test subset every epoch; nothing is chosen on it
+    # (the reported figure is `final_accuracy`, on the last weights). Options given still win.
+    options.setdefault("val_fraction", 0.0)
+    options.setdefault("eval_test_every_epoch", True)
     cfg = TrainConfig(**options, device=device)
     if isinstance(model, str):
         cfg.model, module = model, None
@@ -90,3 +99,106 @@ def fit(model: str | nn.Module, data: Dataset, *, device: str = "auto", callback
 
 def param_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+# ---- selection on a validation split ----------------------------------------------------------
+VAL_FRACTION = 0.1  # share of an experiment's training images held out (stratified, seeded) for selection
+
+
+def with_validation(ds: Dataset, val_fraction: float, seed: int) -> Dataset:
+    """`ds` with a stratified, seeded `val_fraction` of its training images moved to `val` (disjoint from
+    the images trained on); normalisation statistics from the images still trained on. Test unchanged."""
+    if not 0.0 < val_fraction < 1.0:
+        raise CnnlabError(f"val_fraction must be in (0, 1) for selection, got {val_fraction!r}")
+    return in_memory_dataset(ds.name, ds.classes, ds.source, (ds.train.images, ds.train.labels),
+                             (ds.test.images, ds.test.labels), val_fraction=val_fraction, seed=seed)
+
+
+class SelectOnValidation(Callback):
+    """After every epoch: accuracy on the held-out validation split; keeps a copy of the best weights
+    (the earliest epoch on ties) and, with `patience`, stops once that many epochs brought no improvement."""
+
+    def __init__(self, val, patience: int | None = None):
+        self.val, self.patience = val, patience
+        self.best, self.best_epoch, self.state, self.curve = -1.0, 0, None, []
+
+    def on_epoch_end(self, trainer, epoch, metrics):
+        cfg = trainer.config
+        acc = evaluate_split(trainer.model, self.val, trainer.prep, trainer.precision, len(trainer.classes),
+                             list(trainer.classes), cfg.eval_batch_size, cfg.tta).accuracy
+        self.curve.append(acc)
+        if acc > self.best:
+            self.best, self.best_epoch = acc, epoch + 1
+            self.state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+        elif self.patience and epoch + 1 - self.best_epoch >= self.patience:
+            trainer.stop_training = True
+
+
+@dataclass
+class Selected:
+    """A run whose weights were chosen on validation: the test set was evaluated once, on those weights."""
+
+    result: TrainResult  # `result.model` holds the chosen weights
+    val_accuracy: float  # of the chosen epoch
+    test_accuracy: float  # of the chosen weights, measured once
+    best_epoch: int  # 1-based
+    epochs_run: int
+    train_seconds: float  # the training steps of every epoch run (no evaluation)
+    val_curve: list[float]
+    data: Dataset | None = None  # the training images trained on (train) and the validation split (val)
+
+
+def fit_selected(model: str | nn.Module, data: Dataset, *, val_fraction: float = VAL_FRACTION, seed: int,
+                 device: str = "auto", patience: int | None = None, callbacks: Sequence[Callback] = (),
+                 test: Dataset | None = None, **options: Any) -> Selected:
+    """Train on `data`'s training images less a held-out validation split; choose the epoch on validation.
+
+    `data` has train and test splits (no `val`); `val_fraction` of its training images (stratified, seeded
+    by `seed`) are held out. Every epoch is evaluated on them only; the best epoch's weights are restored
+    and tested once on `data.test` (or `test.test`, which must share `data`'s training images). With
+    `patience`, training stops after that many epochs without improvement (early stopping). `options` are
+    `TrainConfig` fields; `val_fraction=0.0` goes to the trainer so that it carves no split of its own.
+    """
+    ds = with_validation(data, val_fraction, seed)
+    selector = SelectOnValidation(ds.val, patience)
+    cfg = TrainConfig(**options, seed=seed, device=device, val_fraction=0.0)
+    module = None if isinstance(model, str) else model
+    if isinstance(model, str):
+        cfg.model = model
+    # the trainer is handed the validation images as its held-out split (and evaluates nothing itself):
+    # the test images are not in memory of the run until the chosen weights are tested below
+    trainer_data = in_memory_dataset(ds.name, ds.classes, ds.source, (ds.train.images, ds.train.labels),
+                                     (ds.val.images, ds.val.labels))
+    t0 = time.perf_counter()
+    result = Trainer(cfg, model=module, data=trainer_data, callbacks=[selector, *callbacks], save=False,
+                     evaluate=False, quiet=True).fit()
+    seconds = sum(h.get("train_seconds") or 0.0 for h in result.history) or time.perf_counter() - t0
+    if selector.state is not None:
+        with torch.no_grad():
+            result.model.load_state_dict(selector.state)
+    final = test if test is not None else ds
+    tested = evaluate_split(result.model, final.test, trainer_prep(result, ds), _precision(result),
+                            len(ds.classes), list(ds.classes), result.config.eval_batch_size, result.config.tta)
+    return Selected(result, selector.best, tested.accuracy, selector.best_epoch, len(result.history), seconds,
+                    selector.curve, ds)
+
+
+def _precision(result: TrainResult):
+    cfg = result.config
+    return resolve_precision(cfg.precision, cfg.device, cfg.channels_last)
+
+
+def trainer_prep(result: TrainResult, ds: Dataset) -> Preprocess:
+    """The preprocessing a run trained with: `ds`'s normalisation (its training images) on the run's device."""
+    prec = _precision(result)
+    return Preprocess(ds.mean, ds.std, prec.device, prec.channels_last)
+
+
+def spread(values: Sequence[float]) -> dict[str, Any]:
+    """A table cell for values over seeds: mean, std and 95% t-interval (shown as 'mean ± std [low, high]')."""
+    return summarize(values).to_dict()
+
+
+def seeds_note(seeds: Sequence[int]) -> str:
+    return (f"Seeds {', '.join(map(str, seeds))}: each seed draws its own training subset, validation split, "
+            "initial weights and batch order; the cells of one seed share them, so differences are paired by seed.")

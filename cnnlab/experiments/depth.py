@@ -18,17 +18,20 @@ from __future__ import annotations
 from pathlib import Path
 
 from cnnlab.core.figures import save_figure, subplots
+from cnnlab.core.stats import as_supported, check, combine, exact
 from cnnlab.data import load_dataset
 from cnnlab.experiments._base import ExperimentContext, Outcome, register_experiment
-from cnnlab.experiments._common import fit, param_count, subsample
+from cnnlab.experiments._common import VAL_FRACTION, fit_selected, param_count, seeds_note, spread, subsample
 from cnnlab.inspect import summary
 
 WIDTH = 16  # channels of every conv layer: small enough that 6 layers at 28x28 train in seconds
-NOISE = 0.01  # one point: differences below it are within seed-to-seed noise at this size
 
-# (train images per class, test images per class, epochs, no-pool depths, pool depths)
-DEFAULT_SIZE = (600, 300, 4, (1, 2, 3, 4, 5, 6), (1, 2, 3, 4))
-QUICK_SIZE = (30, 20, 1, (1, 2, 3), (1, 2))
+# (train images per class, of which VAL_FRACTION is held out; test images per class; epochs; no-pool depths;
+# pool depths). The default (3 seeds) takes ~2 CPU-minutes (AVX2 class).
+SIZES = {"quick": (30, 20, 1, (1, 2, 3), (1, 2)),
+         "default": (150, 300, 4, (1, 2, 3, 4, 5, 6), (1, 2, 3, 4)),
+         "large": (600, 1000, 6, (1, 2, 3, 4, 5, 6), (1, 2, 3, 4))}
+DEFAULT_SIZE, QUICK_SIZE = SIZES["default"], SIZES["quick"]
 
 
 def depth_spec(depth: int, pool: bool, num_classes: int = 10) -> str:
@@ -54,10 +57,19 @@ def _plot(rows: list[dict], path: Path) -> None:
         ds = [r["depth"] for r in series]
         ax_rf.plot(ds, [r["rf"] for r in series], "o-", color=colour, label=f"{label} (traced)")
         ax_rf.plot(ds, [r["rf_formula"] for r in series], "x", color="black", markersize=9)
-        ax_acc.plot(ds, [100 * r["accuracy"] for r in series], "o-", color=colour, label=label)
+        means = [100 * r["accuracy"]["mean"] for r in series]
+        lows = [100 * (r["accuracy"]["low"] if r["accuracy"]["low"] is not None else r["accuracy"]["mean"]) for r in series]
+        highs = [100 * (r["accuracy"]["high"] if r["accuracy"]["high"] is not None else r["accuracy"]["mean"])
+                 for r in series]
+        ax_acc.errorbar(ds, means, yerr=[[m - lo for m, lo in zip(means, lows, strict=True)],
+                                         [h - m for m, h in zip(means, highs, strict=True)]],
+                        fmt="o-", color=colour, capsize=3, label=f"{label} (mean, 95% interval)")
+        for r in series:
+            ax_acc.scatter([r["depth"]] * len(r["per_seed"]), [100 * v for v in r["per_seed"]], s=10, color=colour,
+                           alpha=0.5)
     ax_rf.plot([], [], "x", color="black", label="closed form")
     ax_rf.set(xlabel="3x3 conv layers d", ylabel="receptive field (pixels)", title="receptive field of the last conv")
-    ax_acc.set(xlabel="3x3 conv layers d", ylabel="test accuracy (%)", title="accuracy")
+    ax_acc.set(xlabel="3x3 conv layers d", ylabel="test accuracy (%)", title="accuracy (dots: seeds)")
     for ax in (ax_rf, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -74,24 +86,33 @@ def _plot(rows: list[dict], path: Path) -> None:
     budget="about 2 min",
 )
 def run(ctx: ExperimentContext) -> Outcome:
-    """Train both series of `depth_spec` nets; receptive field, parameters, MACs and test accuracy."""
-    per_class, test_per_class, epochs, plain_depths, pool_depths = QUICK_SIZE if ctx.quick else DEFAULT_SIZE
-    ds = subsample(load_dataset(ctx.data or "fashion-mnist", data_dir=ctx.data_dir), per_class, test_per_class,
-                   ctx.seed)
-    input_size, k = tuple(ds.input_size), ds.num_classes
+    """Train both series of `depth_spec` nets once per seed; receptive field, parameters, MACs, test accuracy."""
+    per_class, test_per_class, epochs, plain_depths, pool_depths = SIZES[ctx.size]
+    full = load_dataset(ctx.data or "fashion-mnist", data_dir=ctx.data_dir)
+    input_size, k = tuple(full.input_size), full.num_classes
     plan = [(False, d) for d in plain_depths] + [(True, d) for d in pool_depths]
-    ctx.progress.total = len(plan)
+    ctx.progress.total = len(plan) * len(ctx.seeds)
+    acc = {cell: [] for cell in plan}
+    val = {cell: [] for cell in plan}
+    params = {}
+    for seed in ctx.seeds:
+        ds = subsample(full, per_class, test_per_class, seed)
+        for pool, depth in plan:
+            run_ = fit_selected(depth_spec(depth, pool, k), ds, val_fraction=VAL_FRACTION, seed=seed,
+                                device=ctx.device, epochs=epochs, batch_size=64, lr=3e-3, optimizer="adamw")
+            acc[(pool, depth)].append(run_.test_accuracy)
+            val[(pool, depth)].append(run_.val_accuracy)
+            params[(pool, depth)] = param_count(run_.result.model)
+            ctx.progress.step(f"{'pool' if pool else 'plain'} d={depth} seed {seed}")
     rows = []
     for pool, depth in plan:
         spec = depth_spec(depth, pool, k)
-        result = fit(spec, ds, device=ctx.device, epochs=epochs, batch_size=64, lr=3e-3, optimizer="adamw",
-                     seed=ctx.seed)
         rows.append({
             "pool": pool, "depth": depth, "rf": _last_conv_rf(spec, input_size, k),
-            "rf_formula": closed_form_rf(depth, pool), "params": param_count(result.model),
-            "macs": summary(spec, input_size, num_classes=k).total_macs, "accuracy": float(result.test_accuracy),
+            "rf_formula": closed_form_rf(depth, pool), "params": params[(pool, depth)],
+            "macs": summary(spec, input_size, num_classes=k).total_macs, "val": spread(val[(pool, depth)]),
+            "accuracy": spread(acc[(pool, depth)]), "per_seed": acc[(pool, depth)],
         })
-        ctx.progress.step(f"{'pool' if pool else 'plain'} d={depth}")
     _plot(rows, ctx.path("plot.png"))
 
     plain = [r for r in rows if not r["pool"]]
@@ -100,27 +121,29 @@ def run(ctx: ExperimentContext) -> Outcome:
     common = [(a, b) for a in plain for b in pooled if a["depth"] == b["depth"] and a["depth"] >= 2]
     pool_faster = bool(common) and all(b["rf"] > a["rf"] for a, b in common)
 
-    def gain(series: list[dict]) -> tuple[dict, float]:
-        best = max(series, key=lambda r: r["accuracy"])
-        return best, best["accuracy"] - series[0]["accuracy"]
+    def chosen(series: list[dict]) -> dict:
+        # the deeper net (d > the shallowest) with the best mean validation accuracy: chosen on validation, never test
+        return max(series[1:], key=lambda r: r["val"]["mean"])
 
-    best_plain, gain_plain = gain(plain)
-    best_pool, gain_pool = gain(pooled)
-    improves = gain_plain > NOISE and gain_pool > NOISE
-    supported = rf_matches and pool_faster and improves
+    best_plain, best_pool = chosen(plain), chosen(pooled)
+    checks = [exact("receptive field = 1 + 2d without pooling (traced)", rf_matches),
+              exact("pooling grows it faster (d >= 2)", pool_faster)]
+    for name, series, best in (("no pooling", plain, best_plain), ("pooling", pooled, best_pool)):
+        checks.append(check(f"{name}: d={best['depth']} (best deeper net on validation) - d={series[0]['depth']} > 0",
+                            best["per_seed"], series[0]["per_seed"]))
+    outcome = combine(checks)
     deepest = plain[-1]
+    mean = lambda r: r["accuracy"]["mean"]  # noqa: E731
     verdict = (
         f"Traced receptive fields {'equal' if rf_matches else 'differ from'} 1+2d for every plain net "
         f"({', '.join(str(r['rf']) for r in plain)} for d={plain[0]['depth']}..{deepest['depth']}); with pooling they "
-        f"grow to {', '.join(str(r['rf']) for r in pooled)}. Accuracy without pooling goes from {plain[0]['accuracy']:.1%} "
-        f"(d=1) to {best_plain['accuracy']:.1%} at best (d={best_plain['depth']}, {gain_plain:+.1%}); with pooling "
-        f"from {pooled[0]['accuracy']:.1%} to {best_pool['accuracy']:.1%} (d={best_pool['depth']}, {gain_pool:+.1%})."
+        f"grow to {', '.join(str(r['rf']) for r in pooled)}. Mean test accuracy without pooling goes from "
+        f"{mean(plain[0]):.1%} (d=1) to {mean(best_plain):.1%} at the deeper net chosen on validation (d={best_plain['depth']}); "
+        f"with pooling from {mean(pooled[0]):.1%} to {mean(best_pool):.1%} (d={best_pool['depth']})."
     )
     if best_plain is not deepest:
-        verdict += f" The deepest plain net (d={deepest['depth']}) reaches {deepest['accuracy']:.1%}: no gain past " \
-                   f"d={best_plain['depth']} at this size."
-    if not improves:
-        verdict += " Depth did not improve accuracy by more than one point in both series here."
+        verdict += (f" The deepest plain net (d={deepest['depth']}) reaches {mean(deepest):.1%}: validation chose "
+                    f"d={best_plain['depth']}: past it, depth stopped helping at this size.")
     for r in rows:
         r["pooling"] = "maxpool2" if r["pool"] else "none"
     notes = [
@@ -129,15 +152,18 @@ def run(ctx: ExperimentContext) -> Outcome:
         "Closed form: r = 1 + 2d without pooling; with a 2x2 pool after each conv the jump doubles per layer, "
         "r = 1 + sum_k 2 * 2^(k-1) + sum_k<d 2^(k-1) = 5 * 2^(d-1) - 2. Fields larger than the 28-pixel image "
         "count padding.",
-        f"Data: {per_class} train and {test_per_class} test images per class of {ds.name}; {epochs} epochs, "
-        f"AdamW lr 3e-3 one-cycle, batch 64, seed {ctx.seed}; one seed per net.",
+        f"Data: {per_class} train images per class of {full.name}, {100 * VAL_FRACTION:.0f}% held out as the "
+        f"validation split that picks each run's epoch and each series' best depth; {test_per_class} test images "
+        f"per class, evaluated once on the chosen weights; {epochs} epochs, AdamW lr 3e-3 one-cycle, batch 64.",
+        seeds_note(ctx.seeds),
         "Absolute accuracies are low by design (16 channels, a global-average head, few epochs): the nets are "
         "kept small so the trend with depth and receptive field is what is measured.",
     ]
     return Outcome(
-        columns=["pooling", "depth", "rf", "rf_formula", "params", "macs", "accuracy"], rows=rows,
-        supported=supported, verdict=verdict,
+        columns=["pooling", "depth", "rf", "rf_formula", "params", "macs", "val", "accuracy"], rows=rows,
+        supported=as_supported(outcome), verdict=verdict, checks=checks,
         headers={"depth": "3x3 layers d", "rf": "receptive field (traced)", "rf_formula": "closed form",
-                 "params": "parameters", "macs": "MACs / image", "accuracy": "test accuracy"},
-        fmt={"params": ",d", "macs": ",d", "accuracy": ".2%"}, notes=notes,
+                 "params": "parameters", "macs": "MACs / image", "val": "validation accuracy",
+                 "accuracy": "test accuracy"},
+        fmt={"params": ",d", "macs": ",d", "val": ".2%", "accuracy": ".2%"}, notes=notes,
     )

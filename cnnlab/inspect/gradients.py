@@ -256,7 +256,8 @@ def gradient_lab(
         model, _ = resolve_model(name, input_size=size, num_classes=n_classes, options=opts)
         builds.append((name, label, model))
     cfg = TrainConfig(batch_size=batch_size, optimizer=optimizer, lr=float(lr), momentum=0.9, weight_decay=0.0,
-                      schedule="constant", warmup=0.0, max_steps=steps, seed=seed, device=device)
+                      schedule="constant", warmup=0.0, max_steps=steps, seed=seed, device=device,
+                      val_fraction=0.0)  # a diagnostic on every training image: nothing is chosen
     t_all = time.perf_counter()
     traces, trainer = [], None
     for name, label, model in builds:

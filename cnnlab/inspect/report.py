@@ -1,4 +1,4 @@
-"""`build_report(run)`: one self-contained HTML page about a training run.
+"""`build_report(run)`: one self-contained HTML page about a training run (or several, compared).
 
 Everything is inside the file: images as base64 `data:` URIs, CSS in a `<style>` block, no scripts,
 fonts or links to anything outside, so it opens offline, can be mailed, and renders the same anywhere.
@@ -21,6 +21,7 @@ import json
 import math
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from cnnlab.core.figures import plot_confusion, plot_curves
 from cnnlab.core.files import atomic_write_text
 from cnnlab.core.run import open_run
 from cnnlab.errors import CnnlabError, positive_int
+from cnnlab.inspect.compare import compare_runs, expand_runs, run_labels
 from cnnlab.inspect.layer_summary import summary
 from cnnlab.inspect.visual import draw, maps
 from cnnlab.inspect.visual.show import run_split
@@ -166,12 +168,32 @@ def gradient_table(records: list[dict[str, Any]]) -> str:
             + (_note(f"non-finite norm in {len(bad)} layer(s): {', '.join(bad[:10])}") if bad else ""))
 
 
+def calibration_section(folder: Path, which: str, temperature: float) -> str:
+    """The temperature, the test figures before and after and reliability.png, when `cnnlab calibrate` ran."""
+    if temperature == 1.0:
+        return _note("not calibrated: probabilities are the raw softmax (run `cnnlab calibrate RUN`)")
+    suffix = "" if which == "best" else f"-{which}"
+    body = f"<p>softmax temperature <b>{temperature:.4f}</b> (probabilities below are calibrated with it)</p>"
+    try:
+        record = json.loads((folder / f"calibration{suffix}.json").read_text())
+        rows = [[name, _fmt(record["before"].get(k), spec), _fmt(record["after"].get(k), spec)]
+                for name, k, spec in (("accuracy", "accuracy", ".4f"), ("NLL", "nll", ".4f"),
+                                      ("Brier score", "brier", ".4f"), ("ECE (15 bins)", "ece", ".4f"))]
+        body += _table(["test split", "before", "after"], rows, numeric={1, 2})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        body += _note(f"calibration{suffix}.json is missing or damaged")
+    png = folder / f"reliability{suffix}.png"
+    if png.is_file():
+        body += _img(png.read_bytes(), "reliability diagram")
+    return body
+
+
 def _evaluate(run_dir, model, card, data_dir, errors: int) -> dict[str, Any]:
     """One float32 pass over the test split: accuracy, confusion, per-class accuracy, worst mistakes."""
     import torch  # noqa: PLC0415
 
     part = run_split(run_dir, card, "test", None, data_dir)
-    predicted, confidence = maps.predict_images(model, part.images, card.mean, card.std)
+    predicted, confidence = maps.predict_images(model, part.images, card.mean, card.std, temperature=card.temperature)
     k = card.num_classes
     confusion = torch.bincount(part.labels * k + predicted, minlength=k * k).view(k, k)  # rows: true
     mistakes, wrong = maps.confident_mistakes(predicted, confidence, part.labels, errors)
@@ -179,13 +201,17 @@ def _evaluate(run_dir, model, card, data_dir, errors: int) -> dict[str, Any]:
             "accuracy": float(confusion.diag().sum()) / max(1, len(part))}
 
 
-def build_report(run: str | Path, out: str | Path | None = None, *, which: str = "best",
+def build_report(run: str | Path | Sequence[str | Path], out: str | Path | None = None, *, which: str = "best",
                  data_dir: str | Path | None = None, errors: int = 16) -> Report:
     """Write RUN/report.html (or `out`): a self-contained page about the run; see the module docstring.
 
+    Several runs (a list, or a k-fold folder): one page that compares them first (`cnnlab.inspect.compare`:
+    the options that differ, the results side by side, the curves overlaid), then each run's sections;
+    written to `out`, default report.html in the current folder.
+
     Args:
-        run: a run directory written by `cnnlab train`.
-        out: the HTML file to write (default RUN/report.html).
+        run: a run directory written by `cnnlab train`, or several.
+        out: the HTML file to write (default RUN/report.html; report.html for several runs).
         which: "best" or "last" weights for the evaluation, filters and errors.
         data_dir: where the run's dataset lives, if not where training found it.
         errors: how many of the most confident mistakes to show.
@@ -193,10 +219,74 @@ def build_report(run: str | Path, out: str | Path | None = None, *, which: str =
     positive_int("errors", errors)
     if which not in ("best", "last"):
         raise CnnlabError(f"weights must be 'best' or 'last', got {which!r}")
-    run_dir = open_run(run)
-    path = Path(out) if out is not None else run_dir.path / "report.html"
+    runs = expand_runs([run] if isinstance(run, (str, Path)) else list(run))
+    run_dirs = [open_run(r) for r in runs]
+    if not run_dirs:
+        raise CnnlabError("report needs a run directory")
+    path = Path(out) if out is not None else (run_dirs[0].path / "report.html" if len(run_dirs) == 1
+                                              else Path("report.html"))
     if path.suffix.lower() not in (".html", ".htm"):
         raise CnnlabError(f"report file must end in .html, got '{path}'")
+    pages = [_run_page(r, which, data_dir, errors) for r in run_dirs]
+    notes = [n for p in pages for n in p.notes]
+    images = sum(p.images for p in pages)
+    if len(pages) == 1:
+        title, body = run_dirs[0].path.name, pages[0].html()
+    else:
+        comparison, shown = _comparison(runs)
+        images += shown
+        labels = run_labels(runs)
+        title = f"{len(pages)} runs compared"
+        body = comparison + "".join(f'<h1 id="run-{i}" style="margin-top:40px">{_e(label)}</h1>'
+                                    + p.html().replace(' id="', f' id="run-{i}-')
+                                    for i, (label, p) in enumerate(zip(labels, pages, strict=True), start=1))
+    where = ", ".join(str(r.path.resolve()) for r in run_dirs)
+    page = (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>cnnlab report: {_e(title)}</title><style>{CSS}</style></head><body><main>"
+        + f"<h1>{_e(title)}</h1>" + body
+        + f'<p class="muted">written by cnnlab {_e(__version__)} on {time.strftime("%Y-%m-%d %H:%M:%S %Z")} '
+        f"from <code>{_e(where)}</code></p></main></body></html>\n"
+    )
+    atomic_write_text(path, page)
+    return Report(path, images, notes)
+
+
+@dataclass
+class _RunPage:
+    """The sections of one run's report (its heading is the caller's)."""
+
+    sub: str
+    glance: str
+    parts: list[str]
+    images: int
+    notes: list[str]
+
+    def html(self) -> str:
+        return f"<p class=sub>{self.sub}</p>{self.glance}" + "".join(self.parts)
+
+
+def _comparison(runs: list[Path]) -> tuple[str, int]:
+    """The comparison section of a several-run report: differing options, results, overlaid curves."""
+    with tempfile.TemporaryDirectory() as tmp:
+        c = compare_runs(runs, Path(tmp) / "compare.png")
+        png = c.figure.read_bytes() if c.figure is not None else None
+    labels = [r.label for r in c.runs]
+    body = "<h3>Options that differ</h3>" + (
+        _table(["option", *labels], [[k, *(_value(v) for v in vals)] for k, vals in c.differing.items()])
+        if c.differing else "<p>the same in every run</p>")
+    names = list(dict.fromkeys(k for r in c.runs for k in r.results))
+    rows = [[n, *(_pct(r.results.get(n)) if "accuracy" in n else _fmt(r.results.get(n), ".4g") for r in c.runs)]
+            for n in names]
+    body += "<h3>Results (last epoch unless named best)</h3>" + _table(["", *labels], rows, set(range(1, len(labels) + 1)))
+    if png:
+        body += _img(png, "learning curves of the runs, overlaid")
+    return _section("Runs compared", body, "compare"), int(png is not None)
+
+
+def _run_page(run_dir, which: str, data_dir, errors: int) -> _RunPage:
+    """Everything the report shows about one run, below its heading."""
     meta = run_dir.read_config() if run_dir.exists() else {}
     cfg = meta.get("config", {})
     history = run_dir.read_metrics()
@@ -220,9 +310,15 @@ def build_report(run: str | Path, out: str | Path | None = None, *, which: str =
         ev, eval_note = None, f"no evaluation on the test split: {e}"
         notes.append(eval_note)
     seconds = sum(_number(h.get("seconds")) or 0 for h in history)
-    cards = [("test accuracy" + (" (re-evaluated)" if ev else ""), _pct(ev["accuracy"] if ev else card.accuracy)),
+    chosen_by = card.extra.get("chosen_by") if isinstance(card.extra, dict) else None
+    chooser = {"val": "validation accuracy", "last": "none: the last weights"}.get(
+        chosen_by, "validation accuracy" if cfg.get("val_fraction") else "test accuracy (a run before the protocol)")
+    cards = [("test accuracy" + (" (re-evaluated)" if ev else ""),
+              _pct(ev["accuracy"] if ev else card.extra.get("test_accuracy") if isinstance(card.extra, dict) else None)),
              (f"{which} epoch", f"{card.epoch} of {len(history) or '?'}"),
-             ("recorded accuracy", _pct(card.accuracy)), ("parameters", params), ("MACs / image", macs),
+             ("chosen by" if which == "best" else "weights", chooser if which == "best" else "after the last epoch"),
+             ("validation accuracy" if chosen_by else "recorded accuracy", _pct(card.accuracy)),
+             ("parameters", params), ("MACs / image", macs),
              ("training time", f"{seconds:.1f} s" if history else "–")]
     glance = '<div class="cards">' + "".join(f"<div class=card><b>{_e(v)}</b><span>{_e(k)}</span></div>"
                                              for k, v in cards) + "</div>"
@@ -254,14 +350,18 @@ def build_report(run: str | Path, out: str | Path | None = None, *, which: str =
             body += _img((Path(tmp) / "curves.png").read_bytes(), "learning curves")
         images += 1
     if history:
-        held = "val" if any(h.get("val_accuracy") is not None for h in history) else "test"
-        rows = [[h.get("epoch"), _loss(h.get("train_loss")), _pct(h.get("train_accuracy")),
-                 _loss(h.get(f"{held}_loss")), _pct(h.get(f"{held}_accuracy")),
+        # validation chose the weights; test figures are those of the chosen weights (the epoch marked *),
+        # or of every epoch with --eval-test-every-epoch (never used to choose)
+        rows = [[f"{h.get('epoch')}{' *' if h.get('chosen') else ''}", _loss(h.get("train_loss")),
+                 _pct(h.get("train_accuracy")), _loss(h.get("val_loss")), _pct(h.get("val_accuracy")),
+                 _loss(h.get("test_loss")), _pct(h.get("test_accuracy")),
                  _fmt(h.get("lr", 0), ".3g"), _fmt(h.get("seconds", 0), ".1f"),
                  _fmt(h.get("images_per_second", 0), ",.0f")]
                 for h in history]
-        body += _table(["epoch", "train loss", "train acc", f"{held} loss", f"{held} acc", "lr", "s", "img/s"],
-                       rows, numeric=set(range(8)))
+        body += _table(["epoch", "train loss", "train acc", "val loss", "val acc", "test loss", "test acc", "lr", "s",
+                        "img/s"], rows, numeric=set(range(10)))
+        if any(h.get("chosen") for h in history):
+            body += _note("* the chosen epoch: its weights are the run's; the test set was evaluated on them")
     else:
         body += _note("no metrics.jsonl: the run finished no epoch")
     parts.append(_section("Learning curves", body, "curves"))
@@ -284,6 +384,11 @@ def build_report(run: str | Path, out: str | Path | None = None, *, which: str =
         parts.append(_section(f"Confusion matrix: {_pct(ev['accuracy'])} on the test split", body, "confusion"))
     else:
         parts.append(_section("Confusion matrix", _note(eval_note), "confusion"))
+
+    # -- calibration (`cnnlab calibrate`)
+    parts.append(_section("Calibration", calibration_section(run_dir.path, which, card.temperature), "calibration"))
+    images += int((run_dir.path / ("reliability.png" if which == "best" else f"reliability-{which}.png")).is_file()
+                  and card.temperature != 1.0)
 
     # -- filters
     try:
@@ -323,14 +428,4 @@ def build_report(run: str | Path, out: str | Path | None = None, *, which: str =
             body += _note(str(e))
     parts.append(_section("Gradient norms per layer", body or f"<p>{_e(NOT_RECORDED)}</p>", "gradients"))
 
-    page = (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>cnnlab report: {_e(run_dir.path.name)}</title><style>{CSS}</style></head><body><main>"
-        f"<h1>{_e(run_dir.path.name)}</h1><p class=sub>{sub}</p>{glance}"
-        + "".join(parts)
-        + f'<p class="muted">written by cnnlab {_e(__version__)} on {time.strftime("%Y-%m-%d %H:%M:%S %Z")} '
-        f"from <code>{_e(run_dir.path.resolve())}</code></p></main></body></html>\n"
-    )
-    atomic_write_text(path, page)
-    return Report(path, images, notes)
+    return _RunPage(sub, glance, parts, images, notes)

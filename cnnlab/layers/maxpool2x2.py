@@ -8,8 +8,9 @@ Modules (no state; what `print(model)` shows is what runs):
   quarter of the positions. `cnnlab.fuse` puts it where a model has `ReLU -> MaxPool2d(2, 2)`.
 - `MaxPool2x2()`: `nn.MaxPool2d(2, 2)` (same repr, same values) on the kernel where it applies.
 
-Where the C kernel applies (`kernel_applies(x)`: a CPU bf16 or fp32 4-D channels_last map, channels a
-multiple of 32 in bf16 or 16 in fp32, the kernel loaded and its AVX-512 loops usable), both call the
+Where the C kernel applies (`kernel_applies(x)`: a CPU 4-D channels_last map, the kernel loaded, and
+its SIMD loops usable for the dtype: with AVX-512, bf16 with channels a multiple of 32 or fp32 with a
+multiple of 16; with AVX2 only, fp32 with a multiple of 8), both call the
 operator `torch.ops.cnnlab.max_pool2x2`, elsewhere PyTorch's `max_pool2d` and `relu`, which compute the
 same values. The decision reads only the tensor's device, dtype, shape and layout, so torch.compile and
 torch.export see an ordinary branch; `torch.fx.symbolic_trace` records the module's function
@@ -48,7 +49,13 @@ from cnnlab.layers import _native
 __all__ = ["MaxPool2x2", "ReLUMaxPool2x2", "kernel_applies", "load_kernel", "max_pool2x2", "relu_max_pool2x2"]
 
 _DTYPE_CODE = {torch.bfloat16: (0, torch.int16), torch.float32: (1, torch.int32)}
-_SIMD_LANES = {torch.bfloat16: 32, torch.float32: 16}  # channels per AVX-512 vector
+# channels per vector of the SIMD loops, by `_native.simd_level()`: AVX-512 (bf16, fp32), AVX2 (fp32 only)
+_LANES_BY_LEVEL = {2: {torch.bfloat16: 32, torch.float32: 16}, 1: {torch.float32: 8}, 0: {}}
+
+
+def simd_lanes(dtype: torch.dtype) -> int | None:
+    """Channels per vector of the kernel's SIMD loops on this CPU for `dtype`; None where none run."""
+    return _LANES_BY_LEVEL[_native.simd_level()].get(dtype)
 _FORCE_PORTABLE = False  # tests: run the portable C loops where the AVX-512 ones would run
 
 
@@ -61,11 +68,12 @@ def kernel_applies(x: Tensor) -> bool:
     """Whether the 2x2 pools run `x` (N, C, H, W) on the C kernel: see the module's doc. Reads metadata only.
     The portable C loops (other channel counts) compute the same values but measured slower than
     PyTorch's kernels, so they are not chosen here."""
-    if not (_native.simd_loaded() and x.device.type == "cpu" and x.dtype in _SIMD_LANES and x.dim() == 4):
+    lanes = _LANES_BY_LEVEL[_native.simd_level()].get(x.dtype)
+    if not (lanes and x.device.type == "cpu" and x.dim() == 4):
         return False
     n, c, h, w = x.shape
     s = x.stride()  # dense (N, H, W, C) in memory; strides, not is_contiguous(memory_format=), also answer under vmap
-    return (h >= 2 and w >= 2 and c % _SIMD_LANES[x.dtype] == 0 and s[1] == 1 and s[3] == c and s[2] == w * c
+    return (h >= 2 and w >= 2 and c % lanes == 0 and s[1] == 1 and s[3] == c and s[2] == w * c
             and (n == 1 or s[0] == h * w * c))
 
 

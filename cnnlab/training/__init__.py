@@ -9,7 +9,7 @@
 Modules: config (TrainConfig), step (TrainStep: the one training step), loop (Trainer), callbacks,
 rundir (RunWriter: the run directory as a callback), monitor (gradient norms), optim, precision,
 checkpoint (resume state), run (a run's model), distributed (DDP), recipes, lr_find, evaluate, predict,
-export, progress. The run directory and model card are `cnnlab.core.run`; figures are `cnnlab.core.figures`.
+export, progress, folds (k-fold cross-validation), logging_callbacks (--log csv/tensorboard). The run directory and model card are `cnnlab.core.run`; figures are `cnnlab.core.figures`.
 """
 
 from cnnlab.training.api import resolve_config, train
@@ -17,6 +17,7 @@ from cnnlab.training.callbacks import Callback
 from cnnlab.training.config import TrainConfig
 from cnnlab.training.evaluate import EvalResult, evaluate
 from cnnlab.training.export import export
+from cnnlab.training.folds import FoldsResult, train_folds
 from cnnlab.training.loop import NonFiniteLossError, Trainer, TrainingInterrupted, TrainResult
 from cnnlab.training.lr_find import LrFindResult, lr_find
 from cnnlab.training.predict import Prediction, predict
@@ -26,7 +27,8 @@ from cnnlab.training.rundir import RunWriter
 from cnnlab.training.step import StepOutput, TrainStep
 
 __all__ = [
-    "RECIPES", "Callback", "EvalResult", "LrFindResult", "NonFiniteLossError", "Prediction", "RunWriter",
+    "RECIPES", "Callback", "EvalResult", "FoldsResult", "LrFindResult", "NonFiniteLossError", "Prediction", "RunWriter",
     "StepOutput", "TrainConfig", "TrainResult", "TrainStep", "Trainer", "TrainingInterrupted", "evaluate",
     "export", "load_model", "lr_find", "predict", "resolve_config", "train",
+    "train_folds",
 ]

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cnnlab.augment.mixing import parse_mix
+from cnnlab.data.subsets import check_folds
 from cnnlab.errors import CnnlabError, did_you_mean
 
 try:
@@ -22,10 +24,14 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, as the `tomli` pack
     import tomli as tomllib
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("onecycle", "cosine", "step", "constant")
+SCHEDULES = ("onecycle", "cosine", "step", "constant", "plateau")  # plateau: cnnlab.training.stopping
+MONITORS = ("val_loss", "val_accuracy")  # what --early-stop and the plateau schedule watch
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 TTA_MODES = ("none", "flip", "shift", "flip-shift")  # test-time augmentation (cnnlab.training.tta)
 DEVICES = ("auto", "cpu", "cuda")
+CLASS_WEIGHTS = ("none", "auto")  # auto: inverse class frequency (cnnlab.data.sampling.class_weights)
+SAMPLERS = ("shuffle", "balanced")  # balanced: every class equally often per epoch (cnnlab.data.sampling)
+LOGGERS = ("csv", "tensorboard")  # --log, comma-separated (cnnlab.training.logging_callbacks)
 
 # Upper bounds, so that one option cannot ask for terabytes or a run that never ends (stated in the errors).
 MAX_EPOCHS = 100_000
@@ -34,6 +40,9 @@ MAX_IMAGE_SIDE = 4096  # pixels; ImageNet models take 224
 MAX_CHECKPOINTS = 1000
 MAX_STEPS = 1 << 40  # --checkpoint-every
 
+# What a run on a large training set gets by default; a small one gets more (cnnlab.training.defaults).
+DEFAULT_EPOCHS = 10
+DEFAULT_BATCH = 128
 # Learning rates that work out of the box: Adam-family steps are normalised per parameter, SGD's are not.
 DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
 # AdamW decouples weight decay from the gradient, so it wants a larger value than SGD's L2 penalty.
@@ -48,23 +57,32 @@ class TrainConfig:
     data: str = "fashion-mnist"  # a dataset name (`cnnlab data list`)
     data_dir: str | None = None  # where the dataset's files are; None: the data module's search path
     image_size: int | None = None  # resize the dataset's images to this side (pixels); None: as stored
-    val_fraction: float = 0.0  # > 0: hold out this share of train to pick the best epoch on, not test
-    epochs: int = 10
+    # share of train held out (stratified, seeded) to choose the epoch on; 0: train on all, keep the last weights;
+    # None: the dataset's own validation split, else DEFAULT_VAL_FRACTION (cnnlab.training.selection)
+    val_fraction: float | None = None
+    eval_test_every_epoch: bool = False  # also evaluate test after each epoch (recorded, plotted, never used to choose)
+    epochs: int | None = None  # None: 10, or more on a small training set (cnnlab.training.defaults)
     max_steps: int | None = None  # train exactly this many optimizer steps instead (the schedule spans them)
-    batch_size: int = 128  # global: split across processes under DDP
+    batch_size: int | None = None  # global: split across processes under DDP; None: 128, less on a small training set
     eval_batch_size: int = 256  # measured on 2 CPU cores: 1.6-3x the images/s of 1024 (activations stay in cache)
     tta: str = "none"  # test-time augmentation in evaluation (cnnlab.training.tta): none, flip, shift, flip-shift
     eval_every: int = 1  # evaluate every this many epochs and after the last (Keras' validation_freq)
     optimizer: str = "adamw"
-    lr: float | None = None  # peak learning rate; None: DEFAULT_LR[optimizer]
+    lr: float | None = None  # peak learning rate; None: DEFAULT_LR[optimizer] (more on a small training set)
     momentum: float = 0.9  # SGD momentum, or Adam's beta1
     weight_decay: float | None = None  # None: DEFAULT_WEIGHT_DECAY[optimizer]
     schedule: str = "onecycle"
     warmup: float | None = None  # epochs of linear warm-up; None: 30% of the run for onecycle, else 0
     label_smoothing: float = 0.0  # share of the target probability spread over the other classes
     grad_clip: float | None = None  # clip the global gradient norm to this value; None: no clipping
+    ema: float | None = None  # keep an exponential moving average of the weights, this decay per step (0.999); None: off
+    early_stop: int | None = None  # stop after this many evaluated epochs without improvement of `monitor`; None: off
+    monitor: str = "val_loss"  # what --early-stop and --schedule plateau watch, on the validation split only
+    plateau_patience: int = 3  # --schedule plateau: evaluated epochs without improvement tolerated before a cut
+    plateau_factor: float = 0.1  # --schedule plateau: each cut multiplies the learning rates by this
     dropout: float | None = None  # passed to the model builder when set (not every model has one)
     augment: str = "none"  # an augmentation pipeline (`cnnlab augment --help`), applied to train only
+    mix: str = "none"  # MixUp / CutMix per sample, train only: "mixup:0.2", "cutmix:1.0:p=0.5" (cnnlab.augment.mixing)
     precision: str = "auto"  # auto: bf16 where the CPU/GPU supports it, else fp32 (fp16 + scaling on CUDA)
     device: str = "auto"  # auto: cuda if available, else cpu
     channels_last: bool = True  # NHWC memory layout: faster convolutions on CPUs (oneDNN) and GPUs
@@ -79,6 +97,14 @@ class TrainConfig:
     recipe: str | None = None  # the named recipe these options started from, if any
     monitor_gradients: bool = False  # record per-layer gradient norms (RUN/gradients.jsonl) and warn on vanishing
     extra: dict[str, Any] = field(default_factory=dict)  # model builder options beyond dropout
+    # imbalanced classes: "auto" weighs the loss by N / (K * n_c), so every class carries the same total weight
+    class_weights: str = "none"
+    sampler: str = "shuffle"  # "balanced": each epoch draws every class equally often (rare images repeat)
+    # k-fold: validate on fold `fold` (1-based) of `folds` stratified folds of train (`cnnlab train --folds K`
+    # sets both for its sub-runs, cnnlab.training.folds); None: no folds
+    folds: int | None = None
+    fold: int | None = None
+    log: str = "none"  # also log to "csv" (RUN/metrics.csv), "tensorboard" (RUN/tensorboard/) or "csv,tensorboard"
 
     # ---- resolution ---------------------------------------------------------------------------
     def resolved(self) -> TrainConfig:
@@ -89,6 +115,19 @@ class TrainConfig:
         c.precision = _choice("precision", c.precision, PRECISIONS)
         c.device = _choice("device", c.device, DEVICES)
         c.tta = _choice("tta", c.tta, TTA_MODES)
+        c.class_weights = _choice("class-weights", c.class_weights, CLASS_WEIGHTS)
+        c.sampler = _choice("sampler", c.sampler, SAMPLERS)
+        c.log = ",".join(dict.fromkeys(_choice("log", part.strip(), LOGGERS) for part in str(c.log).split(",")
+                                       if part.strip().lower() not in ("", "none"))) or "none"
+        if c.folds is not None or c.fold is not None:
+            if c.folds is None or c.fold is None:
+                raise CnnlabError(f"folds and fold go together (fold {c.fold!r} of folds {c.folds!r}); "
+                                  "`cnnlab train --folds K` sets both for its sub-runs")
+            check_folds(c.folds, c.fold)
+        if c.epochs is None:  # the large-data defaults; the Trainer fills these from the data's size first
+            c.epochs = DEFAULT_EPOCHS
+        if c.batch_size is None:
+            c.batch_size = DEFAULT_BATCH
         if c.lr is None:
             c.lr = DEFAULT_LR[c.optimizer]
         if c.weight_decay is None:
@@ -105,9 +144,19 @@ class TrainConfig:
         _number("momentum", c.momentum, low=0.0, high=1.0, high_open=True)
         _number("warmup", c.warmup, low=0.0, high=float(c.epochs), hint=f"epochs, at most --epochs {c.epochs}")
         _number("label-smoothing", c.label_smoothing, low=0.0, high=1.0, high_open=True)
-        _number("val-fraction", c.val_fraction, low=0.0, high=1.0, high_open=True)
+        if c.val_fraction is not None:
+            _number("val-fraction", c.val_fraction, low=0.0, high=1.0, high_open=True,
+                    hint="0.1 holds out 10% of train to choose the epoch on; 0 trains on all and keeps the last weights")
         if c.grad_clip is not None:
             _number("grad-clip", c.grad_clip, low=0.0, low_open=True)
+        if c.ema is not None:
+            _number("ema", c.ema, low=0.0, high=1.0, low_open=True, high_open=True, hint="the decay per step, e.g. 0.999")
+        if c.early_stop is not None:
+            _positive_int("early-stop", c.early_stop, MAX_EPOCHS)
+        c.monitor = _choice("monitor", c.monitor, MONITORS)
+        if not isinstance(c.plateau_patience, int) or isinstance(c.plateau_patience, bool) or c.plateau_patience < 0:
+            raise CnnlabError(f"plateau-patience must be an integer >= 0 (evaluated epochs), got {c.plateau_patience!r}")
+        _number("plateau-factor", c.plateau_factor, low=0.0, high=1.0, low_open=True, high_open=True)
         if c.dropout is not None:
             _number("dropout", c.dropout, low=0.0, high=1.0, high_open=True)
         if c.image_size is not None:
@@ -125,9 +174,11 @@ class TrainConfig:
             if value is not None and not isinstance(value, str):
                 raise CnnlabError(f"{label} must be a string (a path or name), got {value!r} ({type(value).__name__})")
         for label, value in (("channels-last", c.channels_last), ("compile", c.compile),
-                             ("monitor-gradients", c.monitor_gradients), ("fuse", c.fuse)):
+                             ("monitor-gradients", c.monitor_gradients), ("fuse", c.fuse),
+                             ("eval-test-every-epoch", c.eval_test_every_epoch)):
             if not isinstance(value, bool):
                 raise CnnlabError(f"{label} must be true or false, got {value!r} ({type(value).__name__})")
+        parse_mix(c.mix)  # a malformed --mix fails here, before anything is loaded or written
         if not isinstance(c.extra, dict):
             raise CnnlabError(f"extra (model options) must be a table of KEY = VALUE, got {c.extra!r}")
         if not str(c.model).strip():

@@ -14,8 +14,9 @@ from cnnlab.training.loop import TrainResult
 # simple_cnn with AdamW one-cycle (peak 3e-3): about 90% test accuracy on Fashion-MNIST in 3 epochs.
 DEMO = {"model": "simple_cnn", "data": "fashion-mnist", "epochs": 3, "batch_size": 128, "optimizer": "adamw",
         "lr": 3e-3, "schedule": "onecycle", "warmup": 0.5}
-# digits has 1,797 8x8 images: more, smaller steps
-FALLBACK = {"data": "digits", "epochs": 15, "batch_size": 64, "lr": 3e-3}
+# digits has 1,797 8x8 images: epochs, batch and rate are left to the size-dependent defaults
+# (cnnlab.training.defaults), the one mechanism `cnnlab train` uses too
+FALLBACK = {"data": "digits", "epochs": None, "batch_size": None, "lr": None, "warmup": None}
 
 
 @dataclass
@@ -41,4 +42,5 @@ def demo(epochs: int | None = None, out: str | None = None, data_dir: str | None
         options["epochs"] = epochs
     start = time.perf_counter()
     result = train(out=out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}", data_dir=data_dir, **options)
+    options.update({k: getattr(result.config, k) for k in ("epochs", "batch_size", "lr", "warmup")})  # as resolved
     return DemoResult(result, options, fell_back, time.perf_counter() - start)

@@ -2,7 +2,8 @@
 
 The exported model takes float images `(N, C, H, W)` in [0, 1] (the batch size is free) and returns
 logits `(N, K)`; the training mean/std are baked in as its first operation, so a deployment needs only
-the classes, written beside it as `<file>.json`.
+the classes, written beside it as `<file>.json`. A run calibrated by `cnnlab calibrate` exports its logits
+divided by the temperature, so their softmax is the calibrated probability (the top class is unchanged).
 
 Every export is checked before it is kept: the file is loaded the way a deployment would load it (ONNX
 Runtime for ONNX, `torch.jit.load` for TorchScript) and run on a batch of `VERIFY_BATCH` random images
@@ -38,22 +39,25 @@ def tolerance(reference: torch.Tensor) -> float:
 
 
 class Normalized(nn.Module):
-    """`model((x - mean) / std)`: images in [0, 1] -> logits."""
+    """`model((x - mean) / std) / temperature`: images in [0, 1] -> logits (calibrated when the run's card
+    holds a temperature from `cnnlab calibrate`: their softmax is then the calibrated probability)."""
 
-    def __init__(self, model: nn.Module, mean, std):
+    def __init__(self, model: nn.Module, mean, std, temperature: float = 1.0):
         super().__init__()
         self.model = model
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.temperature = float(temperature)  # a constant of the traced graph; 1.0 adds no operation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model((x - self.mean) / self.std)
+        logits = self.model((x - self.mean) / self.std)
+        return logits if self.temperature == 1.0 else logits / self.temperature
 
 
 def exportable(run: str | Path, which: str = "best") -> tuple[Normalized, dict]:
     """The run's model wrapped with its normalisation (eval mode, fp32, CPU), and its card as a dict."""
     model, card = load_model(run, which)
-    return Normalized(model, card.mean, card.std).eval(), card.to_dict()
+    return Normalized(model, card.mean, card.std, card.temperature).eval(), card.to_dict()
 
 
 def export(run: str | Path, format: str = "onnx", out: str | Path | None = None, *, which: str = "best",
@@ -86,9 +90,15 @@ def export(run: str | Path, format: str = "onnx", out: str | Path | None = None,
                 folder.rmdir()
         raise
     info = {"input": {"shape": ["N", *card["input_size"]], "dtype": "float32", "range": [0.0, 1.0],
-                      "normalisation": "included"}, "output": "logits (N, K)", **card, "verified": verified}
+                      "normalisation": "included"}, "output": _output(card["temperature"]), **card, "verified": verified}
     atomic_write_json(path.with_name(path.name + ".json"), info)
     return path
+
+
+def _output(temperature: float) -> str:
+    if temperature == 1.0:
+        return "logits (N, K)"
+    return f"logits (N, K) divided by the calibrated temperature {temperature:.4g}: their softmax is calibrated"
 
 
 def _onnxruntime():

@@ -83,6 +83,7 @@ def build_schedule(name: str, peak_lr: float, total_steps: int, warmup_steps: in
     - cosine: optional linear warm-up from 0, then cosine from peak to 0 (Loshchilov & Hutter 2017).
     - step: peak, divided by 10 at 50% and 75% of training (the ResNet-on-CIFAR recipe).
     - constant: optional linear warm-up, then peak.
+    - plateau: as constant; `cnnlab.training.stopping.PlateauSchedule` scales it when validation stalls.
     """
     total_steps = max(1, int(total_steps))
     warmup_steps = max(0, min(int(warmup_steps), total_steps))
@@ -110,9 +111,9 @@ def build_schedule(name: str, peak_lr: float, total_steps: int, warmup_steps: in
             if step < warmup_steps:
                 return peak_lr * (step + 1) / (warmup_steps + 1)
             return peak_lr * (0.1 ** ((step >= 0.5 * total_steps) + (step >= 0.75 * total_steps)))
-    elif name == "constant":
+    elif name in ("constant", "plateau"):
         def lr(step: int) -> float:
             return peak_lr * (step + 1) / (warmup_steps + 1) if step < warmup_steps else peak_lr
     else:
-        raise CnnlabError(f"unknown schedule '{name}'; choose one of: onecycle, cosine, step, constant")
+        raise CnnlabError(f"unknown schedule '{name}'; choose one of: onecycle, cosine, step, constant, plateau")
     return lr

@@ -89,11 +89,12 @@ def polarity_warning(image: torch.Tensor, data_mean: tuple[float, ...]) -> str:
 
 def predict_tensor(model: torch.nn.Module, card: ModelCard, images: torch.Tensor, tta: str = "none") -> torch.Tensor:
     """uint8 `(N, C, H, W)` -> class probabilities `(N, K)` (fp32, CPU); with a `tta` mode the mean of
-    the probabilities over the views of each image (`cnnlab.training.tta`), as `cnnlab eval` computes them."""
+    the probabilities over the views of each image (`cnnlab.training.tta`), as `cnnlab eval` computes them;
+    calibrated with the card's temperature (`cnnlab calibrate`; 1.0 until then)."""
     check_tta(tta)
     prep = Preprocess(card.mean, card.std, images.device, channels_last=False)
     with torch.inference_mode():
-        return tta_log_probs(model, images, prep, tta).exp()
+        return tta_log_probs(model, images, prep, tta, temperature=card.temperature).exp()
 
 
 def predict(run: str | Path, images: list[str | Path], *, top_k: int = 5, which: str = "best",

@@ -7,6 +7,10 @@ that is neither (a log file, a pipe) gets no bar. The line reads
 
     epoch 1/3:  40%|████▍     | 4/10 [00:01<00:02, loss 2.2031, acc 21.50%, 5,120 img/s]
 
+and, while other processes keep at least half a CPU busy (`cnnlab.core.machine.CpuShare`: /proc/stat's
+busy time less this process's own, over the last few seconds), it adds e.g. `shared: others use 1.0 of
+2 CPUs`: the images/s are then not the machine's, and `--threads auto` may help.
+
 The bar redraws at most every `interval` seconds: reading the running loss and accuracy is the only
 host synchronisation it causes, so it happens at that rate, not per step.
 """
@@ -21,6 +25,8 @@ from typing import TextIO
 
 from tqdm import tqdm as text_tqdm
 from tqdm.auto import tqdm as auto_tqdm  # tqdm.notebook.tqdm inside a Jupyter kernel with ipywidgets
+
+from cnnlab.core.machine import CpuShare
 
 # tqdm's default layout without its batches/s (the postfix gives images/s, which means more)
 _LAYOUT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]"
@@ -51,6 +57,8 @@ class ProgressBar:
         self.start = time.perf_counter()
         self.last_draw = -math.inf  # the first update draws
         self.images = 0
+        self._share, self._epoch_share = CpuShare(), CpuShare()  # the last few seconds; the whole epoch
+        self._share_at, self._shared = self.start, ""
         self._bar: text_tqdm | None = None
         if self.enabled:
             # redraws are paced here (they read the device); tqdm draws each one it is given
@@ -68,7 +76,10 @@ class ProgressBar:
         loss, acc = stats_fn()
         elapsed = now - self.start
         rate = images / elapsed if elapsed > 0 else 0.0
-        self._bar.set_postfix_str(f"loss {loss:.4f}, acc {100 * acc:5.2f}%, {rate:,.0f} img/s", refresh=False)
+        if now - self._share_at >= 2.0:  # a window of a few seconds: shorter ones are all noise
+            self._share_at, self._shared = now, self._share.note()
+        shared = f", {self._shared}" if self._shared else ""
+        self._bar.set_postfix_str(f"loss {loss:.4f}, acc {100 * acc:5.2f}%, {rate:,.0f} img/s{shared}", refresh=False)
         self._bar.update(step - self._bar.n)
 
     def message(self, text: str) -> None:
@@ -79,6 +90,10 @@ class ProgressBar:
         else:
             self.stream.write(text + "\n")
             self.stream.flush()
+
+    def epoch_note(self) -> str:
+        """'' if the machine was quiet since the bar was made, else e.g. 'shared: others use 1.0 of 2 CPUs'."""
+        return self._epoch_share.note()
 
     def close(self) -> None:
         """A text bar is erased; a widget stays, marked done."""

@@ -2,9 +2,15 @@
 
     on_fit_start   choose the folder (`--out`, or runs/<model>-<data>-<time>), refuse one that already holds
                    a run, write config.json; or, resuming, load the newest readable checkpoint
-    on_epoch_end   last.safetensors/json (and best.* when the held-out accuracy improved), metrics.jsonl
+    on_epoch_end   last.safetensors/json (and best.* when the validation accuracy improved, or every epoch
+                   when nothing chooses), metrics.jsonl
     on_checkpoint  checkpoints/ckpt-<global step>.pt, the newest `keep_checkpoints` kept
-    on_fit_end     curves.png and confusion.png (with `plots`)
+    on_fit_end     best.* again: the chosen weights, their card naming what chose them and their test
+                   accuracy; metrics.jsonl with the test figures on the chosen epoch's record;
+                   curves.png and confusion.png (with `plots`)
+
+best.* are the run's weights: those the validation split chose (`cnnlab.training.selection`), or the last
+ones when nothing chooses (--val-fraction 0); last.* are the weights after the last finished epoch.
 
 Only rank 0 writes under DDP; every rank agrees on the folder. Without this callback the Trainer trains
 in memory and writes no file.
@@ -95,6 +101,8 @@ class RunWriter(Callback):
                         "std": list(ds.std), "train": len(ds.train), "test": len(ds.test),
                         "val": len(ds.val) if ds.val is not None else 0},
             "model_options": trainer.model_options,
+            "selection": trainer.selection.to_dict(),  # which split chooses the weights (cnnlab.training.selection)
+            "defaults": trainer.default_notes,  # options whose default followed the data's size, and why
             "environment": environment(),
         }
 
@@ -102,9 +110,9 @@ class RunWriter(Callback):
     def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, Any]) -> None:
         if not trainer.dist.is_main:
             return
-        held = metrics[f"{trainer.held_name}_accuracy"]
+        held = metrics["val_accuracy"] if trainer.selection.chooses else None
         self.run.save_weights("last", trainer.model, self._card(trainer, epoch + 1, held))
-        if trainer.best_epoch == epoch + 1 and held is not None:
+        if trainer.best_epoch == epoch + 1:  # a better validation accuracy, or every epoch when nothing chooses
             self.run.save_weights("best", trainer.model, self._card(trainer, epoch + 1, held))
         self.run.write_metrics(trainer.history)
 
@@ -114,13 +122,23 @@ class RunWriter(Callback):
                             epoch * trainer.steps_per_epoch + step, trainer.config.keep_checkpoints)
 
     def on_fit_end(self, trainer: Trainer, last_eval: EvalResult | None) -> None:
-        if not (trainer.dist.is_main and trainer.history and self.plots):
+        if not (trainer.dist.is_main and trainer.history):
+            return
+        # the model holds the chosen weights now: best.* again, its card saying what chose them and how they test
+        record = next(h for h in trainer.history if h["epoch"] == trainer.best_epoch)
+        card = self._card(trainer, trainer.best_epoch, record.get("val_accuracy"))
+        card.extra = {"chosen_by": trainer.chosen_by, "val_accuracy": record.get("val_accuracy"),
+                      "test_accuracy": record.get("test_accuracy"), "test_loss": record.get("test_loss")}
+        self.run.save_weights("best", trainer.model, card)
+        self.run.write_metrics(trainer.history)
+        if not self.plots:
             return
         cfg = trainer.config
         plot_curves(trainer.history, self.run.path / "curves.png", title=f"{cfg.model} on {cfg.data}")
         if last_eval is not None:
+            how = "chosen by validation" if trainer.chosen_by == "val" else "last"
             plot_confusion(last_eval.confusion, trainer.classes, self.run.path / "confusion.png",
-                           title=f"test, epoch {trainer.history[-1]['epoch']}: {100 * last_eval.accuracy:.2f}%")
+                           title=f"test, weights of epoch {trainer.best_epoch} ({how}): {100 * last_eval.accuracy:.2f}%")
 
     @staticmethod
     def _card(trainer: Trainer, epoch: int, accuracy: float | None) -> ModelCard:

@@ -53,11 +53,14 @@ def tta_views(images: torch.Tensor, mode: str) -> Iterator[torch.Tensor]:
 
 def tta_log_probs(model: nn.Module, images: torch.Tensor, prep: Callable[[torch.Tensor], torch.Tensor],
                   mode: str = "none",
-                  autocast: Callable[[], AbstractContextManager] = nullcontext) -> torch.Tensor:
+                  autocast: Callable[[], AbstractContextManager] = nullcontext,
+                  temperature: float = 1.0) -> torch.Tensor:
     """uint8 `(N, C, H, W)` -> `(N, K)` fp32 log of the mean class probability over the views of `mode`.
 
     `prep` turns a uint8 view into the model's input (normalisation, layout); `autocast` is entered
-    around each forward pass. Call under `torch.inference_mode()`.
+    around each forward pass. Call under `torch.inference_mode()`. `temperature` (`cnnlab calibrate`):
+    the result is `log_softmax(log p / T)`, softmax(z / T) for one view, applied after the views are
+    averaged, so the most probable class never changes.
     """
     total, count = None, 0
     for view in tta_views(images, mode):
@@ -66,7 +69,8 @@ def tta_log_probs(model: nn.Module, images: torch.Tensor, prep: Callable[[torch.
         log_p = logits.float().log_softmax(1)
         total = log_p if total is None else torch.logaddexp(total, log_p)
         count += 1
-    return total - math.log(count) if count > 1 else total
+    total = total - math.log(count) if count > 1 else total
+    return total if temperature == 1.0 else (total / temperature).log_softmax(1)
 
 
 def check_tta(mode: str) -> str:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from cnnlab.data.dataset import Dataset
-from cnnlab.training.config import MAX_EPOCHS, TrainConfig
+from cnnlab.training.config import TrainConfig
 from cnnlab.training.loop import Trainer
 from cnnlab.transfer_learning.freeze import freeze, unfreeze
 
@@ -91,13 +91,11 @@ def fit(model: Classifier, data: Dataset, groups: list[dict], *, steps: int, bat
     cfg = TrainConfig(batch_size=batch_size, optimizer="adamw", lr=max(g["lr"] for g in groups), momentum=0.9,
                       weight_decay=weight_decay, schedule="cosine", warmup=0.0, max_steps=steps, seed=seed,
                       augment=augment, label_smoothing=label_smoothing, precision=precision, device=device,
-                      channels_last=channels_last,
-                      val_fraction=0.0,  # `data` is split by the caller: its test split is what is scored
-                      eval_every=MAX_EPOCHS)  # only after the last step: the report carries that one figure
+                      channels_last=channels_last, val_fraction=0.0)  # a fixed budget: nothing to choose, last weights
     result = Trainer(cfg, model=model, data=unit, param_groups=groups, save=False, evaluate=evaluate, quiet=True).fit()
     model.eval()
     return FitReport(steps, time.perf_counter() - t0, result.history[-1]["train_loss"],
-                     {g.get("name", "?"): g["lr"] for g in groups}, result.history[-1]["test_accuracy"])
+                     {g.get("name", "?"): g["lr"] for g in groups}, result.test_accuracy)
 
 
 def finetune(model: Classifier, data: Dataset, *, lr: float = 1e-3, head_steps: int = 100, body_steps: int = 300,

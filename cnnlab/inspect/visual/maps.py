@@ -200,17 +200,19 @@ class Mistake:
 
 
 @torch.inference_mode()
-def predict_images(model: nn.Module, images: torch.Tensor, mean, std, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+def predict_images(model: nn.Module, images: torch.Tensor, mean, std, batch_size: int = 256,
+                   temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 `(N, C, H, W)` -> (predicted class `(N,)` int64, its softmax probability `(N,)`), float32 on the CPU.
 
-    Normalised with the run's per-channel `mean` and `std`, as `cnnlab predict` does.
+    Normalised with the run's per-channel `mean` and `std`, as `cnnlab predict` does; the logits are divided
+    by `temperature` (the model card's, from `cnnlab calibrate`) before the softmax.
     """
     model.eval()
     prep = Preprocess(mean, std, images.device, channels_last=False)
     confs, preds = [], []
     for i in range(0, len(images), batch_size):
         x = prep(images[i:i + batch_size])
-        conf, pred = torch.softmax(model(x).float(), dim=1).max(1)
+        conf, pred = torch.softmax(model(x).float() / temperature, dim=1).max(1)
         confs.append(conf)
         preds.append(pred)
     return torch.cat(preds), torch.cat(confs)

@@ -39,7 +39,7 @@ _ENV_OFF = "CNNLAB_NATIVE"
 _FLAG_SETS = (["-O3", "-fPIC", "-shared", "-fopenmp"], ["-O3", "-fPIC", "-shared"])
 
 _lock = threading.Lock()
-_state: dict = {"done": False, "lib": None, "simd": False, "why": "not loaded yet"}
+_state: dict = {"done": False, "lib": None, "simd": 0, "why": "not loaded yet"}
 
 
 def _compiler() -> str | None:
@@ -172,7 +172,7 @@ def library() -> ctypes.CDLL | None:
         with _lock:
             if not _state["done"]:
                 lib, _state["why"] = _load()
-                _state["simd"] = lib is not None and bool(lib.cnnlab_maxpool2x2_simd())
+                _state["simd"] = int(lib.cnnlab_maxpool2x2_simd()) if lib is not None else 0
                 _state["lib"], _state["done"] = lib, True
     return _state["lib"]
 
@@ -183,9 +183,14 @@ def loaded() -> ctypes.CDLL | None:
 
 
 def simd_loaded() -> bool:
-    """Whether the kernels are loaded and their AVX-512 loops run on this CPU (a plain Python flag, so that
-    torch.compile and torch.export can read it while tracing)."""
-    return _state["simd"]
+    """Whether the kernels are loaded and their AVX-512 or AVX2 loops run on this CPU (a plain Python flag,
+    so that torch.compile and torch.export can read it while tracing)."""
+    return bool(_state["simd"])
+
+
+def simd_level() -> int:
+    """2: the AVX-512 loops run (bf16 and fp32); 1: the AVX2 loops (fp32 only); 0: none (portable C)."""
+    return int(_state["simd"])
 
 
 def status() -> str:
@@ -195,7 +200,7 @@ def status() -> str:
         return "C kernels not loaded (cnnlab.fuse or `cnnlab native build` loads them)"
     if lib is None:
         return f"C kernels off: {_state['why']}"
-    simd = "AVX-512" if simd_loaded() else "portable C"
+    simd = {2: "AVX-512", 1: "AVX2 (fp32)"}.get(simd_level(), "portable C")
     threads = "OpenMP (torch's threads)" if lib.cnnlab_maxpool2x2_openmp() else "one thread"
     return f"C kernels on: 2x2 max-pool in {simd}, {threads}"
 
@@ -203,4 +208,4 @@ def status() -> str:
 def reset() -> None:
     """Forget the loaded library (tests: rebuild under other settings)."""
     with _lock:
-        _state.update(done=False, lib=None, simd=False, why="not loaded yet")
+        _state.update(done=False, lib=None, simd=0, why="not loaded yet")

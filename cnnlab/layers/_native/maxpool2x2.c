@@ -177,9 +177,69 @@ static int avx512_ok(void) {
     }
     return ok;
 }
+
+/* AVX2 (8 fp32 lanes), for CPUs without AVX-512 (where bf16 is not native, so fp32 only). C % 8 == 0. */
+#define AVX2 __attribute__((target("avx2")))
+
+AVX2 static void fwd_f32_avx2(const float *x, float *y, uint32_t *code, int64_t n0, int64_t n1, int64_t H,
+                              int64_t W, int64_t C, int relu) {
+    const __m256 zero = _mm256_setzero_ps();
+    const __m256 pass = _mm256_castsi256_ps(_mm256_set1_epi32((int)0x80000000u));
+    const __m256 idx[3] = {_mm256_castsi256_ps(_mm256_set1_epi32(1)), _mm256_castsi256_ps(_mm256_set1_epi32(2)),
+                           _mm256_castsi256_ps(_mm256_set1_epi32(3))};
+    FOR_EACH_WINDOW
+                const float *a = x + in;
+                const float *p[3] = {a + C, a + W * C, a + W * C + C};
+                for (int64_t c = 0; c < C; c += 8) {
+                    __m256 m = _mm256_loadu_ps(a + c), i = zero;
+                    for (int e = 0; e < 3; e++) {
+                        const __m256 v = _mm256_loadu_ps(p[e] + c);
+                        const __m256 t = _mm256_or_ps(_mm256_cmp_ps(v, m, _CMP_GT_OQ), _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+                        m = _mm256_blendv_ps(m, v, t);
+                        i = _mm256_blendv_ps(i, idx[e], t);
+                    }
+                    if (relu) {
+                        const __m256 neg = _mm256_cmp_ps(m, zero, _CMP_LT_OQ);
+                        const __m256 passes = _mm256_cmp_ps(m, zero, _CMP_NLE_UQ);
+                        _mm256_storeu_ps(y + out + c, _mm256_andnot_ps(neg, m));
+                        _mm256_storeu_ps((float *)(code + out + c), _mm256_or_ps(i, _mm256_and_ps(passes, pass)));
+                    } else {
+                        _mm256_storeu_ps(y + out + c, m);
+                        _mm256_storeu_ps((float *)(code + out + c), _mm256_or_ps(i, pass));
+                    }
+                }
+    END_WINDOWS
+}
+
+AVX2 static void bwd_32_avx2(const uint32_t *g, const uint32_t *code, uint32_t *gx, int64_t n0, int64_t n1,
+                             int64_t H, int64_t W, int64_t C) {
+    const __m256i want[4] = {_mm256_set1_epi32((int)0x80000000u), _mm256_set1_epi32((int)0x80000001u),
+                             _mm256_set1_epi32((int)0x80000002u), _mm256_set1_epi32((int)0x80000003u)};
+    FOR_EACH_WINDOW
+                uint32_t *a = gx + in;
+                uint32_t *p[4] = {a, a + C, a + W * C, a + W * C + C};
+                for (int64_t c = 0; c < C; c += 8) {
+                    const __m256i k = _mm256_loadu_si256((const __m256i *)(code + out + c));
+                    const __m256i g0 = _mm256_loadu_si256((const __m256i *)(g + out + c));
+                    const __m256i v = _mm256_andnot_si256(_mm256_cmpeq_epi32(g0, want[0]), g0); /* -0.0 -> +0.0 */
+                    for (int e = 0; e < 4; e++)
+                        _mm256_storeu_si256((__m256i *)(p[e] + c), _mm256_and_si256(_mm256_cmpeq_epi32(k, want[e]), v));
+                }
+    END_WINDOWS
+}
+
+static int avx2_ok(void) {
+    static int ok = -1;
+    if (ok < 0) {
+        __builtin_cpu_init();
+        ok = __builtin_cpu_supports("avx2");
+    }
+    return ok;
+}
 #else
 #define HAVE_AVX512_PATH 0
 static int avx512_ok(void) { return 0; }
+static int avx2_ok(void) { return 0; }
 #endif
 
 typedef void (*kernel_fn)(const void *, void *, void *, int64_t, int64_t, int64_t, int64_t, int64_t, int);
@@ -216,11 +276,14 @@ FWD(fwd_bf16_avx512, uint16_t, uint16_t)
 FWD(fwd_f32_avx512, float, uint32_t)
 BWD(bwd_16_avx512, uint16_t)
 BWD(bwd_32_avx512, uint32_t)
+FWD(fwd_f32_avx2, float, uint32_t)
+BWD(bwd_32_avx2, uint32_t)
 #endif
 
-/* 1 where this build and CPU have the AVX-512 kernels (used for channel counts that are a multiple of
- * 32 in bf16, of 16 in fp32); 0: the portable loops run. */
-int cnnlab_maxpool2x2_simd(void) { return avx512_ok(); }
+/* 2 where this build and CPU have the AVX-512 kernels (used for channel counts that are a multiple of
+ * 32 in bf16, of 16 in fp32); 1 where they have the AVX2 ones (fp32 only, channels a multiple of 8);
+ * 0: the portable loops run. */
+int cnnlab_maxpool2x2_simd(void) { return avx512_ok() ? 2 : avx2_ok() ? 1 : 0; }
 
 /* 1 where the kernels split a batch over PyTorch's OpenMP threads. */
 int cnnlab_maxpool2x2_openmp(void) {
@@ -235,6 +298,10 @@ static int simd(int dtype, int64_t C, int generic) {
     return HAVE_AVX512_PATH && !generic && avx512_ok() && C % (dtype == 0 ? 32 : 16) == 0;
 }
 
+static int simd2(int dtype, int64_t C, int generic) {
+    return HAVE_AVX512_PATH && !generic && !avx512_ok() && avx2_ok() && dtype == 1 && C % 8 == 0;
+}
+
 /* dtype 0: bf16 (codes uint16), 1: fp32 (codes uint32). generic != 0 forces the portable loops (tests).
  * Returns 0, or -1 for an unknown dtype. */
 int cnnlab_maxpool2x2_forward(int dtype, const void *x, void *y, void *code, int64_t n0, int64_t n1, int64_t H,
@@ -242,6 +309,7 @@ int cnnlab_maxpool2x2_forward(int dtype, const void *x, void *y, void *code, int
     kernel_fn fn = NULL;
 #if HAVE_AVX512_PATH
     if (simd(dtype, C, generic)) fn = dtype == 0 ? fwd_bf16_avx512_k : fwd_f32_avx512_k;
+    else if (simd2(dtype, C, generic)) fn = fwd_f32_avx2_k;
 #endif
     if (!fn && (dtype == 0 || dtype == 1)) fn = dtype == 0 ? fwd_bf16_generic_k : fwd_f32_generic_k;
     if (!fn) return -1;
@@ -254,6 +322,7 @@ int cnnlab_maxpool2x2_backward(int dtype, const void *g, const void *code, void 
     kernel_fn fn = NULL;
 #if HAVE_AVX512_PATH
     if (simd(dtype, C, generic)) fn = dtype == 0 ? bwd_16_avx512_k : bwd_32_avx512_k;
+    else if (simd2(dtype, C, generic)) fn = bwd_32_avx2_k;
 #endif
     if (!fn && (dtype == 0 || dtype == 1)) fn = dtype == 0 ? bwd_16_generic_k : bwd_32_generic_k;
     if (!fn) return -1;
