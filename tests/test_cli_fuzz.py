@@ -84,6 +84,10 @@ TABLE = {
                   "--steps": BAD_INT, "--image-size": BAD_INT, "--out": BAD_PATH, "--data": BAD_NAME}),
     "experiment": (["experiment", "list"], {"@1": BAD_NAME, "--out": BAD_PATH, "--seed": BAD_INT}),
     "native": (["native", "build"], {"@1": BAD_NAME}),
+    "average": (["average", "good", "--last", "3"], {"@1": BAD_RUN, "--last": BAD_INT}),
+    "calibrate": (["calibrate", "good"], {"@1": BAD_RUN}),
+    "compare": (["compare", "good", "good", "--out", "c.png"], {"@1": BAD_RUN, "@2": BAD_RUN, "--out": BAD_PATH}),
+    "serve": (["serve", "good", "--port", "-1"], {"@1": BAD_RUN, "--top-k": BAD_INT}),  # a valid serve would listen
     "demo": (["demo", "--epochs", "-1"], {"--epochs": BAD_INT, "--out": BAD_PATH}),  # a valid demo trains a minute
 }
 

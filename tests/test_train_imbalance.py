@@ -147,7 +147,7 @@ def test_balanced_sampler_and_class_weights_train(tmp_path):
         def on_step_end(self, trainer, epoch, step):
             seen.append(trainer.last_step.labels)
 
-    result = train(**{**TINY, "batch_size": 479}, class_weights="auto", sampler="balanced", callbacks=[Count()],
+    result = train(**{**TINY, "batch_size": 479}, val_fraction=0.0, class_weights="auto", sampler="balanced", callbacks=[Count()],
                    out=str(tmp_path / "run"), quiet=True)
     counts = torch.bincount(torch.cat(seen), minlength=10)
     assert counts.max() - counts.min() <= 1  # 3 batches of 479 (all 1,437): 143 or 144 images of each class
@@ -223,7 +223,7 @@ def test_tensorboard_log_holds_the_scalars_and_the_confusion_image(tmp_path):
     acc = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
     acc.Reload()
     tags = acc.Tags()
-    assert {"loss/train", "accuracy/train", "accuracy/test", "lr"} <= set(tags["scalars"])
-    [event] = acc.Scalars("accuracy/test")
-    assert event.step == 1 and math.isclose(event.value, result.history[-1]["test_accuracy"], rel_tol=1e-6)
+    assert {"loss/train", "accuracy/train", "accuracy/val", "lr"} <= set(tags["scalars"])
+    [event] = acc.Scalars("accuracy/val")
+    assert event.step == 1 and math.isclose(event.value, result.history[-1]["val_accuracy"], rel_tol=1e-6)
     assert tags["images"] == ["confusion_matrix"]

@@ -17,7 +17,8 @@ def int_in(low: int, high: int):
 
     def parse(text: str) -> int:
         try:
-            value = int(text) if len(text) <= 20 else None
+            # ASCII digits only: int() also reads other scripts' digits ('٣' is 3), which no one types on purpose
+            value = int(text) if len(text) <= 20 and text.strip().lstrip("+-").isascii() else None
         except ValueError:
             value = None
         if value is None or not low <= value <= high:

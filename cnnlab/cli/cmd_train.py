@@ -127,7 +127,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 OPTION_NAMES = ("model", "data", "data_dir", "image_size", "val_fraction", "epochs", "batch_size", "eval_batch_size",
                 "eval_every", "optimizer", "lr", "momentum", "weight_decay", "schedule", "warmup", "label_smoothing", "grad_clip",
                 "dropout", "augment", "seed", "precision", "device", "channels_last", "compile", "fuse", "out",
-                "checkpoint_every", "keep_checkpoints", "monitor_gradients", "tta", "eval_test_every_epoch")
+                "checkpoint_every", "keep_checkpoints", "monitor_gradients", "tta", "eval_test_every_epoch",
+                "class_weights", "sampler", "log")
 OPTION_NAMES += ("mix",)
 OPTION_NAMES += ("ema", "early_stop", "monitor", "plateau_patience", "plateau_factor")  # weight averaging, stopping
 

@@ -124,13 +124,12 @@ def plot_curves_overlay(histories: list[list[dict[str, Any]]], labels: list[str]
     for i, (history, label) in enumerate(zip(histories, labels, strict=True)):
         colour = colours(i % 10)
         held = "val" if any(h.get("val_accuracy") is not None for h in history) else "test"
-        seen = [h for h in history if h.get(f"{held}_accuracy") is not None]
-        epochs = [h["epoch"] for h in history]
         for ax, key, scale in ((ax_loss, "loss", 1), (ax_acc, "accuracy", 100)):
-            ax.plot(epochs, [scale * h[f"train_{key}"] for h in history], "--", color=colour, alpha=0.7,
-                    label=f"{label} train")
-            ax.plot([h["epoch"] for h in seen], [scale * h[f"{held}_{key}"] for h in seen], "o-", color=colour,
-                    markersize=3, label=f"{label} {held}")
+            for split, style in (("train", dict(linestyle="--", alpha=0.7)), (held, dict(marker="o", markersize=3))):
+                # a figure a run did not record (an older or partial metrics file) is left out, not guessed
+                seen = [h for h in history if all(isinstance(h.get(k), (int, float)) for k in ("epoch", f"{split}_{key}"))]
+                ax.plot([h["epoch"] for h in seen], [scale * h[f"{split}_{key}"] for h in seen], color=colour,
+                        label=f"{label} {split}", **style)
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy (dashed: train)")
     last = max((h["epoch"] for history in histories for h in history), default=1)

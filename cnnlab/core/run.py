@@ -187,6 +187,11 @@ class RunDir:
                                       "delete that line or restore the file") from None
                 if not isinstance(row, dict):
                     raise CnnlabError(f"metrics '{path}' line {number} is not a JSON object; delete it or restore the file")
+                for key, value in row.items():  # the figures readers plot and compare: numbers or null
+                    if (key == "epoch" or key == "lr" or key.endswith(("_loss", "_accuracy"))) and value is not None \
+                            and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                        raise CnnlabError(f"metrics '{path}' line {number}: '{key}' is {value!r}, not a number; "
+                                          "delete that line or restore the file")
                 rows.append(row)
         return rows
 
