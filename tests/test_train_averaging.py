@@ -28,7 +28,8 @@ from cnnlab.training.run import build_model
 SPEC = "conv3x3-16/bn relu maxpool2 conv3x3-32/bn relu maxpool2 fc10"
 # 1,295 training images after the 10% validation hold-out; batch 64 -> 20 steps per epoch.
 OPTS = dict(model=SPEC, data="digits", batch_size=64, lr=3e-3, seed=5, val_fraction=0.1, ema=0.9,
-            early_stop=5, schedule="plateau", plateau_patience=0, keep_checkpoints=3, precision="fp32")
+            early_stop=5, schedule="plateau", plateau_patience=0, keep_checkpoints=3, precision="fp32",
+            eval_test_every_epoch=True)  # the EMA is tested where the raw model is: every epoch here
 
 
 def _same(a: dict, b: dict) -> None:
@@ -110,7 +111,8 @@ def test_ema_files_records_and_eval(ema_run):
     assert float((logits.argmax(1) == ds.test.labels).double().mean()) == pytest.approx(last["ema_test_accuracy"], abs=1e-9)
     assert float(F.cross_entropy(logits, ds.test.labels)) == pytest.approx(last["ema_test_loss"], rel=1e-4)
     shown = run_cli("eval", str(out), "--weights", "ema", check=True).stdout
-    assert shown.startswith(f"accuracy {100 * last['ema_test_accuracy']:.2f}% on 360 images")
+    assert shown.startswith("weights: ema")
+    assert f"\naccuracy {100 * last['ema_test_accuracy']:.2f}% on 360 images" in shown
 
 
 @pytest.mark.slow

@@ -173,6 +173,10 @@ def describe_weights(run: str | Path, which: str = "best") -> str:
     chosen_by = card.extra.get("chosen_by") if isinstance(card.extra, dict) else None
     if which == "last":
         return f"weights: last (epoch {card.epoch}, after the last finished epoch)"
+    if which == "ema":
+        return f"weights: ema (the moving average of the weights after epoch {card.epoch}; `train --ema`)"
+    if which == "swa":
+        return "weights: swa (the mean of the last checkpoints, batch-norm statistics recomputed; `cnnlab average`)"
     if chosen_by == "val":
         val = card.extra.get("val_accuracy")
         acc = f" {100 * val:.2f}%" if isinstance(val, (int, float)) else ""
