@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.cnnlab-installed
 
-.PHONY: install demo test bench lint clean
+.PHONY: install demo test test-all bench lint clean
 
 install: $(STAMP)
 
@@ -20,7 +20,11 @@ $(STAMP): pyproject.toml
 demo: install
 	$(VENV)/bin/cnnlab demo
 
+# the suite without the tests marked long (each over 15 s on an AVX2 laptop-class CPU): under 15 min there
 test: install
+	$(PY) -m pytest -q -m "not long"
+
+test-all: install
 	$(PY) -m pytest -q
 
 bench: install

@@ -63,6 +63,7 @@ def test_classics_parameter_counts_are_the_models_own():
 
 @needs_fashion
 @pytest.mark.slow
+@pytest.mark.long
 def test_classics_quick(tmp_path):
     result = run_experiment("classics", out=tmp_path, quick=True, progress=False)
     saved = check_experiment_files(tmp_path / "classics")
@@ -83,6 +84,7 @@ def test_classics_quick(tmp_path):
 
 @needs_fashion
 @pytest.mark.slow
+@pytest.mark.long
 def test_augmentation_quick(tmp_path):
     run_experiment("augmentation", out=tmp_path, quick=True, progress=False)
     saved = check_experiment_files(tmp_path / "augmentation")

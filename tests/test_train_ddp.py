@@ -80,6 +80,7 @@ def test_ddp_accuracy_equals_one_process_with_the_same_global_batch(ddp_run, tmp
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_rank_that_dies_is_restarted_and_the_run_continues(ddp_run, tmp_path):
     out = tmp_path / "run"
     proc = _torchrun(tmp_path, out, fail=True)

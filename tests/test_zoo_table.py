@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from cnnlab.inspect import model_stats, zoo_table
 
 PROBE = (
@@ -37,6 +39,7 @@ def test_cached_table_equals_a_fresh_trace_and_a_hit_loads_no_torch(tmp_path):
     assert again == traced
 
 
+@pytest.mark.long
 def test_a_damaged_or_misshapen_cache_is_traced_again(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     path = zoo_table.cache_path()
