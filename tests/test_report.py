@@ -158,8 +158,13 @@ def test_report_escapes_text_from_the_run_folder(run, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(run, copy, ignore=shutil.ignore_patterns("report.html", "show"))
     history = [json.loads(line) for line in (copy / "metrics.jsonl").read_text().splitlines()]
-    history[0].update(epoch=SCRIPT, lr=ATTRIBUTE, train_loss=SCRIPT, seconds=ATTRIBUTE, test_accuracy=ATTRIBUTE)
-    history[1]["note"] = SCRIPT
+    # a figure that is not a number is refused in one line, naming the file (never rendered)
+    planted = [{**history[0], "epoch": SCRIPT, "lr": ATTRIBUTE}, *history[1:]]
+    (copy / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in planted))
+    with pytest.raises(CnnlabError, match=r"metrics.jsonl' line 1: 'epoch' is '<script>"):
+        build_report(copy, tmp_path / "refused.html")
+    assert not (tmp_path / "refused.html").exists()
+    history[1]["note"] = SCRIPT  # text beside the figures is shown, escaped
     (copy / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
     meta = json.loads((copy / "config.json").read_text())
     meta["config"]["optimizer"] = ATTRIBUTE

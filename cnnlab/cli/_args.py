@@ -30,6 +30,23 @@ def int_in(low: int, high: int):
     return parse
 
 
+def float_in(low: float, high: float):
+    """An argparse `type` accepting finite numbers from `low` to `high` inclusive (no nan, no inf)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text) if len(text) <= 32 and text.isascii() else None
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:  # nan fails both comparisons
+            shown = text if len(text) <= 24 else text[:20] + "..."
+            raise argparse.ArgumentTypeError(f"expected a number from {low:g} to {high:g}, got '{shown}'")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
 IMAGE_SIDE = int_in(1, 4096)  # pixels (the training config's MAX_IMAGE_SIDE)
 BATCH = int_in(1, 1 << 16)  # images per batch (the training config's MAX_BATCH)
 STEPS = int_in(0, 10_000_000)  # optimizer steps

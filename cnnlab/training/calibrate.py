@@ -46,8 +46,8 @@ from cnnlab.core.files import atomic_write_json
 from cnnlab.core.preprocess import Preprocess
 from cnnlab.core.run import open_run
 from cnnlab.errors import CnnlabError
-from cnnlab.training.inputs import load_data
 from cnnlab.training.run import load_model
+from cnnlab.training.rundata import describe_val, run_data
 from cnnlab.training.tta import check_tta, tta_log_probs
 
 BINS = 15  # equal-width confidence bins of the ECE and the reliability diagram (Guo et al., 2017)
@@ -181,15 +181,6 @@ def _log_probs(model, card, split, tta: str, batch_size: int = 256) -> tuple[tor
     return torch.cat(out), torch.cat(labels)
 
 
-def _config_number(cfg: dict, key: str, default, kind) -> Any:
-    v = cfg.get(key, default)
-    if v is None:
-        return default
-    if not isinstance(v, kind) or isinstance(v, bool):
-        raise CnnlabError(f"run config: '{key}' must be a number, got {str(v)[:40]!r}; restore config.json")
-    return v
-
-
 def calibrate(run: str | Path, *, which: str = "best", data_dir: str | Path | None = None) -> Calibration:
     """Fit the temperature of `run`'s `which` weights on its validation split, measure the test split before
     and after, write `reliability.png` and `calibration.json` and store T in `which.json` (module docstring)."""
@@ -198,24 +189,12 @@ def calibrate(run: str | Path, *, which: str = "best", data_dir: str | Path | No
     run_dir = open_run(run)
     card = run_dir.card(which)
     cfg = run_dir.read_config().get("config", {}) if run_dir.exists() else {}
-    val_fraction = _config_number(cfg, "val_fraction", 0.0, (int, float))
-    seed = _config_number(cfg, "seed", 0, int)
     tta = check_tta(cfg.get("tta", "none") or "none")
-    if not 0.0 <= val_fraction < 1.0:
-        raise CnnlabError(f"run config: val_fraction must be in [0, 1), got {val_fraction!r}; restore config.json")
-    ds = load_data(card.dataset, data_dir=data_dir or cfg.get("data_dir"), image_size=cfg.get("image_size"),
-                   val_fraction=val_fraction, seed=seed)
+    ds = run_data(run_dir, card, data_dir=data_dir)
     if ds.val is None or len(ds.val) == 0:
         raise CnnlabError(f"run '{run_dir.path}' was trained without a validation split (val_fraction "
-                          f"{val_fraction}): a temperature must be fitted on images the weights never saw, and "
-                          "never on the test split; retrain with --val-fraction 0.1, then calibrate")
-    if tuple(ds.input_size) != tuple(card.input_size) or list(ds.classes) != list(card.classes):
-        raise CnnlabError(f"dataset '{card.dataset}' now gives {tuple(ds.input_size)} images of {len(ds.classes)} "
-                          f"classes, but the run was trained on {tuple(card.input_size)} and {card.num_classes}")
-    if not np.allclose(ds.mean, card.mean, atol=1e-4) or not np.allclose(ds.std, card.std, atol=1e-4):
-        raise CnnlabError(f"the training split rebuilt from config.json (val_fraction {val_fraction}, seed {seed}) "
-                          f"has mean {ds.mean}, the model card {card.mean}: it is not the split the run trained "
-                          "on, so its validation images may have been trained on; give the run's own --data-dir")
+                          f"{cfg.get('val_fraction')}): a temperature must be fitted on images the weights never "
+                          "saw, and never on the test split; retrain with --val-fraction 0.1, then calibrate")
     model, card = load_model(run_dir, which)
     model = model.float().eval()
     val_lp, val_y = _log_probs(model, card, ds.val, tta)
@@ -226,7 +205,7 @@ def calibrate(run: str | Path, *, which: str = "best", data_dir: str | Path | No
         notes.append(f"the temperature reached the end of the search interval [{T_LOW}, {T_HIGH}]; the "
                      "validation split may be too small or the model degenerate")
     after_lp = temper(test_lp, t)
-    source = "imagefolder val/ folder" if val_fraction == 0 else f"val_fraction {val_fraction}, seed {seed}"
+    source = describe_val(run_dir)
     result = Calibration(
         run_dir.path, which, t, tta, len(val_y), len(test_y), measures(test_lp, test_y), measures(after_lp, test_y),
         (nll(val_lp, val_y), nll(temper(val_lp, t), val_y)), f"{len(val_y):,} images of {card.dataset} "

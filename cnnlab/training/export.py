@@ -25,8 +25,12 @@ import torch
 from torch import nn
 
 from cnnlab.core.files import atomic_path, atomic_write_json
+from cnnlab.core.run import open_run
 from cnnlab.errors import CnnlabError
+from cnnlab.training.onnxrt import onnxruntime, session
+from cnnlab.training.quantize import CALIBRATION_IMAGES, MAX_DROP, quantize_int8
 from cnnlab.training.run import load_model
+from cnnlab.training.rundata import run_data
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 VERIFY_BATCH = 4  # images run through the exported file and through PyTorch (the export traces a batch of 2)
@@ -60,16 +64,38 @@ def exportable(run: str | Path, which: str = "best") -> tuple[Normalized, dict]:
     return Normalized(model, card.mean, card.std, card.temperature).eval(), card.to_dict()
 
 
+def int8_path(path: str | Path) -> Path:
+    """Where the INT8 file goes beside the fp32 export `path`: `best.onnx` -> `best.int8.onnx`."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.int8{path.suffix or '.onnx'}")
+
+
 def export(run: str | Path, format: str = "onnx", out: str | Path | None = None, *, which: str = "best",
-           opset: int = 17) -> Path:
+           opset: int = 17, quantize: str | None = None, calibration_images: int = CALIBRATION_IMAGES,
+           max_drop: float = MAX_DROP, data_dir: str | Path | None = None) -> Path:
     """Write the exported model (`RUN/export/<which>.onnx` by default) and `<file>.json`, once the file
-    has been loaded and checked against PyTorch (module docstring); returns its path."""
+    has been loaded and checked against PyTorch (module docstring); returns its path.
+
+    `quantize="int8"` (ONNX only) also writes `int8_path(path)` and its `.json`: the static INT8 model
+    of `cnnlab.training.quantize`, calibrated on `calibration_images` training images of the run and
+    measured against the fp32 file on the run's test split (refused beyond `max_drop` points)."""
     fmt = str(format).lower()
     if fmt not in FORMATS:
         raise CnnlabError(f"unknown export format '{format}'; choose onnx or torchscript")
+    if quantize not in (None, "none", "int8"):
+        raise CnnlabError(f"unknown quantisation '{quantize}'; the one offered is int8 (with --format onnx)")
+    quantize = None if quantize == "none" else quantize
+    if quantize and fmt != "onnx":
+        raise CnnlabError("--quantize int8 goes through ONNX Runtime: use it with --format onnx")
+    if quantize and not (isinstance(calibration_images, int) and calibration_images >= 1):
+        raise CnnlabError(f"calibration_images must be a whole number >= 1, got {calibration_images!r}")
     if fmt == "onnx":
-        _onnxruntime()  # before any work: without it the export cannot be checked
+        onnxruntime()  # before any work: without it the export cannot be checked
     wrapped, card = exportable(run, which)
+    data = None
+    if quantize:  # the data before any file: a run whose data cannot be rebuilt writes nothing
+        run_dir = open_run(run)
+        data = run_data(run_dir, run_dir.card(which), data_dir=data_dir)
     path = Path(out) if out else Path(run) / "export" / f"{which}{FORMATS[fmt]}"
     made = [p for p in (path.parent, *path.parent.parents) if not p.exists()]  # folders to remove on failure
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -84,6 +110,11 @@ def export(run: str | Path, format: str = "onnx", out: str | Path | None = None,
                     traced = torch.jit.trace(wrapped, example)
                 traced.save(str(tmp))
             verified = verify_export(tmp, fmt, wrapped, tuple(card["input_size"]), opset)
+            if quantize:
+                int8 = int8_path(path)
+                with atomic_path(int8) as tmp8:
+                    quantized = quantize_int8(tmp, tmp8, data, tmp.parent, count=calibration_images,
+                                              max_drop=max_drop)
     except BaseException:
         for folder in made:  # only the folders this call created, and only while empty
             with contextlib.suppress(OSError):
@@ -91,6 +122,9 @@ def export(run: str | Path, format: str = "onnx", out: str | Path | None = None,
         raise
     info = {"input": {"shape": ["N", *card["input_size"]], "dtype": "float32", "range": [0.0, 1.0],
                       "normalisation": "included"}, "output": _output(card["temperature"]), **card, "verified": verified}
+    if quantize:
+        atomic_write_json(int8.with_name(int8.name + ".json"),
+                          {**info, "verified": quantized.to_dict(), "quantized": "int8", "fp32_file": path.name})
     atomic_write_json(path.with_name(path.name + ".json"), info)
     return path
 
@@ -99,15 +133,6 @@ def _output(temperature: float) -> str:
     if temperature == 1.0:
         return "logits (N, K)"
     return f"logits (N, K) divided by the calibrated temperature {temperature:.4g}: their softmax is calibrated"
-
-
-def _onnxruntime():
-    try:
-        import onnxruntime  # noqa: PLC0415 - optional: the `export` extra
-    except ImportError:
-        raise CnnlabError("an ONNX export is checked with ONNX Runtime, which is not installed: "
-                          "pip install 'cnnlab[export]' (or export with --format torchscript)") from None
-    return onnxruntime
 
 
 def _first_line(e: BaseException) -> str:
@@ -122,13 +147,9 @@ def verify_export(file: Path, fmt: str, model: nn.Module, input_size: tuple[int,
     with torch.no_grad():
         reference = model(x)
     if fmt == "onnx":
-        ort = _onnxruntime()
-        runtime = f"ONNX Runtime {ort.__version__}"
-        options = ort.SessionOptions()
-        options.log_severity_level = 3  # errors only: its opset warnings would print on stderr
+        runtime = f"ONNX Runtime {onnxruntime().__version__}"
         try:
-            session = ort.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
-            (got,) = session.run(None, {"images": x.numpy()})
+            (got,) = session(file).run(None, {"images": x.numpy()})
         except Exception as e:  # noqa: BLE001 - ONNX Runtime raises its own types (Fail, NotImplemented, ...)
             raise CnnlabError(f"{runtime} cannot run the exported model (opset {opset}): {_first_line(e)}; "
                               "export with an opset it implements, e.g. --opset 17 (the default)") from None
