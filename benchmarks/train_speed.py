@@ -22,7 +22,9 @@ data (Fashion-MNIST), batch (128), optimizer (Adam, lr 1e-3, constant) and epoch
   (c) Keras 3 on TensorFlow CPU, if installed (`pip install keras tensorflow-cpu`), else reported skipped.
 Images/s count training only (evaluation excluded); timing is wall clock per epoch. The contestants take
 turns in `--rounds` rounds (default 2) and each row reports its median epoch, so a slow spell of a shared
-machine falls on both sides of the ratio rather than on one.
+machine falls on both sides of the ratio rather than on one. The last column gives the ratio to the plain
+loop round by round (each contestant against the plain loop's epoch of the same round) and their median:
+the figure to read a speed target from, since the medians of two columns can pair different rounds.
 
 Like the `cnnlab` command, the benchmark makes idle OpenMP threads sleep (OMP_WAIT_POLICY=PASSIVE,
 `cnnlab.runtime.tune_openmp`) unless OMP_WAIT_POLICY is set; every contestant runs in this process, so
@@ -242,6 +244,12 @@ def median_rate(runs: list[list[dict]]) -> float:
     return rates[len(rates) // 2]
 
 
+def paired_ratios(runs: list[list[dict]], base: list[list[dict]]) -> list[float]:
+    """Per round, this contestant's median epoch images/s over the plain loop's in the same round: the
+    ratio a slow spell cannot bias, since both sides of each ratio ran minutes apart."""
+    return [median_rate([a]) / median_rate([b]) for a, b in zip(runs, base, strict=False)]
+
+
 def first_reach(records: list[dict], threshold: float) -> str:
     measured = [r for r in records if r["test_accuracy"] is not None]  # --eval-every skips some epochs
     for r in measured:
@@ -340,8 +348,8 @@ def throughput(args: argparse.Namespace, stamp: str, peak: dict[str, float]) -> 
         base = median_rate(rows[(plain_name, load)])
         quiet_col = " | × its quiet rate" if load else ""
         print(f"| {'how':<64} | images/s | × plain loop | GFLOP/s | of peak{quiet_col} | test acc after {args.epochs} "
-              f"| epochs' images/s |")
-        print(f"|{'-' * 66}|---------:|-------------:|--------:|--------:|{'-------:|' if load else ''}---------:|---|")
+              f"| epochs' images/s | × plain, round by round (median) |")
+        print(f"|{'-' * 66}|---------:|-------------:|--------:|--------:|{'-------:|' if load else ''}---------:|---|---|")
         for (name, row_load), runs in rows.items():
             if row_load != load:
                 continue
@@ -351,8 +359,10 @@ def throughput(args: argparse.Namespace, stamp: str, peak: dict[str, float]) -> 
             share = f"{100 * gflops / peak[dt]:.0f}% {dt}" if dt in peak else "–"
             quiet = f" | {rate / median_rate(rows[(name, 0)]):.2f}" if load else ""
             every = ", ".join(f"{rec['images_per_second']:,.0f}" for recs in runs for rec in recs)
+            paired = paired_ratios(runs, rows[(plain_name, load)])
+            by_round = ", ".join(f"{x:.2f}" for x in paired) + f" ({statistics.median(paired):.2f})"
             print(f"| {name:<64} | {rate:>8,.0f} | {rate / base:>12.2f} | {gflops:>7.1f} | {share:>7}{quiet} "
-                  f"| {100 * runs[0][-1]['test_accuracy']:>7.2f}% | {every} |")
+                  f"| {100 * runs[0][-1]['test_accuracy']:>7.2f}% | {every} | {by_round} |")
         if skipped:
             print(f"| {keras_name:<64} | {skipped} |")
 

@@ -150,3 +150,27 @@ def test_cli_json_parses_and_bad_model_is_one_line(tmp_path):
     bad = run_cli("gradients", "--models", "plain21", "--data", "digits", "--out", str(tmp_path / "b"))
     assert bad.returncode == 2 and "plain21" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "b").exists()
+
+
+def _first_over_last(name: str, **options) -> float:
+    """|dL/dW| of the first conv over the fc layer's, at initialisation, on one random batch (seeded)."""
+    from cnnlab.models import create_model  # noqa: PLC0415
+
+    torch.manual_seed(0)
+    model = create_model(name, in_channels=1, **options)
+    x, y = torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    return float(model.conv1.weight.grad.norm() / model.fc.weight.grad.norm())
+
+
+def test_sigmoid_gradients_vanish_through_post_activation_skips_but_not_pre_activation_ones():
+    """The lecture's claim, measured at initialisation (no BN, sigmoid): the first layer's gradient of plain56
+    is orders of magnitude below the last layer's; resnet56 with pre-activation blocks (identity shortcut path)
+    keeps it within two orders; the original post-activation resnet56 loses it as the plain net does,
+    since its shortcut path crosses a sigmoid (slope <= 1/4) after every block."""
+    knobs = dict(batch_norm=False, activation="sigmoid")
+    plain = _first_over_last("plain56", preact=True, **knobs)
+    pre = _first_over_last("resnet56", preact=True, **knobs)
+    post = _first_over_last("resnet56", **knobs)
+    assert plain < 1e-4 and post < 1e-4, (plain, post)
+    assert pre > 1e-2, pre

@@ -57,6 +57,37 @@ def test_a_busy_neighbour_is_seen_and_our_own_work_is_not_counted_as_others():
     assert others >= 0.5 and mine < 0.3  # the neighbour kept about one core busy; we slept
 
 
+SIBLING = """import time
+from cnnlab.core import machine
+job, plain = machine.CpuShare(job=True), machine.CpuShare()
+time.sleep(1.0)
+print(len(machine.job_siblings()), job.read()[0], plain.read()[0])
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="Linux /proc/stat")
+def test_the_other_ranks_of_a_torchrun_job_are_not_counted_as_a_neighbour():
+    """Two children of this process with LOCAL_WORLD_SIZE=2 stand for two ranks under torchrun: one busy, one
+    measuring. The measuring one sees the busy rank as its job's (job=True) and as a neighbour (job=False)."""
+    env = {**os.environ, "LOCAL_WORLD_SIZE": "2"}
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"], env=env)
+    try:
+        time.sleep(0.3)
+        out = subprocess.run([sys.executable, "-c", SIBLING], env=env, capture_output=True, text=True, check=True,
+                             timeout=120).stdout.split()
+    finally:
+        busy.kill()
+        busy.wait()
+    siblings, job_others, plain_others = int(out[0]), float(out[1]), float(out[2])
+    assert siblings >= 1  # the busy rank (and any other child of this pytest process)
+    assert plain_others - job_others >= 0.3, out  # about one core moved from "others" to "this job"
+    # outside torchrun nothing is a sibling
+    no_job = {k: v for k, v in os.environ.items() if k != "LOCAL_WORLD_SIZE"}
+    out = subprocess.run([sys.executable, "-c", "from cnnlab.core import machine; print(machine.job_siblings())"],
+                         env=no_job, capture_output=True, text=True, check=True, timeout=120).stdout.strip()
+    assert out == "[]"
+
+
 PROBE = "import os, sys\nfrom cnnlab.runtime import tune_openmp, openmp_status\n{pre}print(tune_openmp(), os.environ.get('OMP_WAIT_POLICY'), openmp_status(), sep='|')"
 
 

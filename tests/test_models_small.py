@@ -239,3 +239,58 @@ def test_resnet_on_mnist_sized_input():
     x = torch.randn(2, 1, 28, 28)
     assert model.forward_features(x).shape == (2, 64, 7, 7)
     assert model(x).shape == (2, 10)
+
+
+# ---- pre-activation blocks (He et al. 2016, Identity Mappings) ----------------------------------------
+
+def test_preact_block_is_bn_act_conv_twice_then_the_sum():
+    """Against a hand-written functional reference built from the block's own weights."""
+    import torch.nn.functional as F  # noqa: PLC0415
+
+    torch.manual_seed(0)
+    model = create_model("resnet20", preact=True).eval()
+    block = model.layer2[0]  # 16 -> 32 channels, stride 2: the option-A shortcut too
+    with torch.no_grad():
+        for bn in (block.bn1, block.bn2):  # non-trivial statistics, so the order of bn and act matters
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.5, 0.5)
+        x = torch.randn(2, 16, 16, 16)
+
+        def bn(m, t):
+            return F.batch_norm(t, m.running_mean, m.running_var, m.weight, m.bias, False, 0.0, m.eps)
+
+        h = F.conv2d(F.relu(bn(block.bn1, x)), block.conv1.weight, None, 2, 1)
+        h = F.conv2d(F.relu(bn(block.bn2, h)), block.conv2.weight, None, 1, 1)
+        shortcut = torch.zeros(2, 32, 8, 8)
+        shortcut[:, :16] = x[:, :, ::2, ::2]
+        torch.testing.assert_close(block(x), h + shortcut)
+    # printed in the order it computes: bn1, act1, conv1, bn2, act2, conv2
+    names = [n for n, _ in block.named_children()]
+    assert names[:6] == ["bn1", "act1", "conv1", "bn2", "act2", "conv2"]
+
+
+def test_preact_shortcut_path_is_a_pure_identity():
+    # Every residual branch silenced (conv2 zero, no BN): the stem conv's output reaches the end unchanged
+    # except for option A (subsample by 4, zero-pad 16 -> 64), then the final activation. The plain twin gives act(0).
+    torch.manual_seed(0)
+    resnet = create_model("resnet20", preact=True, batch_norm=False, activation="tanh").eval()
+    plain = create_model("plain20", preact=True, batch_norm=False, activation="tanh").eval()
+    for m in (resnet, plain):
+        with torch.no_grad():
+            for name, module in m.named_modules():
+                if name.endswith(".conv2"):
+                    module.weight.zero_()
+                    module.bias.zero_()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        stem = resnet.conv1(x)
+        expected = torch.zeros(2, 64, 8, 8)
+        expected[:, :16] = stem[:, :, ::4, ::4]
+        torch.testing.assert_close(resnet.forward_features(x), torch.tanh(expected))
+        assert plain.forward_features(x).abs().max() == 0  # tanh(0)
+    # without BN the pre-activation nets hold exactly the post-activation nets' parameters (same convs and fc)
+    assert _nparams(resnet) == _nparams(create_model("resnet20", batch_norm=False))
+    with pytest.raises(CnnlabError, match="preact must be true or false"):
+        create_model("resnet20", preact="yes")

@@ -18,8 +18,10 @@ EPILOG = """examples:
   cnnlab gradients --models plain56,resnet56 --no-batch-norm --out runs/nobn
   cnnlab gradients --models plain20 --activation sigmoid --init-scale 0.5 --out runs/sigmoid
   cnnlab gradients --models resnet56 --no-skip --json        # resnet56 without its shortcuts = plain56
+  cnnlab gradients --models plain56,resnet56 --no-batch-norm --activation sigmoid --preact --out runs/preact
 knobs (applied to every model): --init-scale (<1 shrinks, >1 grows the Kaiming init), --no-batch-norm,
---activation relu|tanh|sigmoid|..., --no-skip (resnet<d> loses its shortcuts)
+--activation relu|tanh|sigmoid|..., --no-skip (resnet<d> loses its shortcuts), --preact (pre-activation
+blocks: nothing after the addition, so the shortcut path is a pure identity)
 """
 
 
@@ -38,6 +40,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--no-batch-norm", dest="batch_norm", action="store_false", help="build the models without BN")
     p.add_argument("--activation", default="relu", help="relu (default), tanh, sigmoid, gelu, elu, leakyrelu")
     p.add_argument("--no-skip", dest="skip", action="store_false", help="remove the shortcuts of resnet<d>")
+    p.add_argument("--preact", action="store_true",
+                   help="pre-activation blocks (He et al. 2016, Identity Mappings): bn-act-conv twice, then the sum")
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--out", default="gradients", help="output folder (default ./gradients)")
@@ -58,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         lab = cnnlab.gradient_lab(models, args.data, steps=args.steps, batch_size=args.batch_size, optimizer=args.optimizer,
                            lr=args.lr, init_scale=args.init_scale, batch_norm=args.batch_norm,
-                           activation=args.activation, skip=args.skip, seed=args.seed, device=args.device,
+                           activation=args.activation, skip=args.skip, preact=args.preact, seed=args.seed, device=args.device,
                            data_dir=args.data_dir, progress=lambda what, n: progress.step(what, n))
     finally:
         progress.close()

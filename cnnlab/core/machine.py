@@ -8,7 +8,8 @@ a measured matmul peak, and whether other processes are competing for the cores.
 - `matmul_peak(dtype)`: GFLOP/s of a large square matmul in that dtype, the yardstick a training step's
   achieved GFLOP/s is divided by.
 - `CpuShare`: how much CPU the other processes took since the last reading (from /proc/stat less this
-  process's own CPU time), so a progress line can say when the machine is contended.
+  process's own CPU time, and with `job=True` less the sibling workers of a torchrun job), so a progress
+  line can say when the machine is contended.
 
 Nothing here changes a process-wide setting, and importing it imports no torch (the CLI reads it).
 """
@@ -143,28 +144,70 @@ def _busy_jiffies() -> int | None:
     return v[0] + v[1] + v[2] + v[5] + v[6] + (v[7] if len(v) > 7 else 0)  # idle (3) and iowait (4) left out
 
 
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/PID/stat's fields after the command name (which may hold spaces): state, ppid, ..."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            text = f.read()
+    except OSError:
+        return None
+    return text[text.rfind(")") + 2:].split()
+
+
+def job_siblings() -> list[int]:
+    """The other worker processes of this torchrun job on this machine (the same parent, the torchrun agent),
+    when LOCAL_WORLD_SIZE says there are several; [] otherwise or without /proc."""
+    try:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    except ValueError:
+        return []
+    if local <= 1 or not os.path.isdir("/proc"):
+        return []
+    me, parent, out = os.getpid(), os.getppid(), []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != me:
+            fields = _stat_fields(int(entry))
+            if fields and len(fields) > 1 and fields[1] == str(parent):
+                out.append(int(entry))
+    return out
+
+
+def _cpu_ticks(pid: int) -> int | None:
+    """User + system CPU time of process `pid`, in clock ticks (None once it is gone)."""
+    fields = _stat_fields(pid)
+    return int(fields[11]) + int(fields[12]) if fields and len(fields) > 12 else None
+
+
 class CpuShare:
     """Between two `read()`s: the CPUs other processes kept busy (in cores), and this process's CPU time
     over the wall time (its cores). Linux reads /proc/stat; elsewhere `others` falls back to the load
-    average less this process's cores."""
+    average less this process's cores.
 
-    def __init__(self) -> None:
+    `job=True` counts the sibling workers of a torchrun job (`job_siblings()`) as this process, not as
+    others: ranks of one training run are not a neighbour competing for the CPUs. Thread choices want the
+    opposite (a sibling rank does take a core), so `others_busy` keeps the default `job=False`."""
+
+    def __init__(self, job: bool = False) -> None:
         self._tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
         self.cpus = usable_cpus()
+        self._siblings = job_siblings() if job else []
         self._last = self._now()
 
-    def _now(self) -> tuple[float, float, int | None]:
+    def _now(self) -> tuple[float, float, int | None, dict[int, int]]:
         t = os.times()
-        return time.perf_counter(), t.user + t.system, _busy_jiffies()
+        ticks = {pid: v for pid in self._siblings if (v := _cpu_ticks(pid)) is not None}
+        return time.perf_counter(), t.user + t.system, _busy_jiffies(), ticks
 
     def read(self) -> tuple[float, float]:
-        """(other processes' cores, this process's cores) since the previous read (or construction)."""
-        wall0, cpu0, busy0 = self._last
+        """(other processes' cores, this process's cores: with `job=True` its sibling workers' too) since the
+        previous read (or construction)."""
+        wall0, cpu0, busy0, ticks0 = self._last
         now = self._last = self._now()
         wall, mine = now[0] - wall0, now[1] - cpu0
         if wall <= 0:
             return 0.0, 0.0
-        mine_cores = mine / wall
+        siblings = sum(now[3][pid] - ticks0[pid] for pid in now[3] if pid in ticks0) / self._tick / wall
+        mine_cores = mine / wall + siblings
         if busy0 is not None and now[2] is not None:
             others = (now[2] - busy0) / self._tick / wall - mine_cores
         elif hasattr(os, "getloadavg"):

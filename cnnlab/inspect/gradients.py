@@ -182,7 +182,7 @@ def _smooth(values: Sequence[float], window: int) -> list[float]:
 
 
 def model_options(name: str, *, init_scale: float = 1.0, batch_norm: bool = True, activation: str = "relu",
-                  skip: bool = True) -> tuple[dict[str, Any], str]:
+                  skip: bool = True, preact: bool = False) -> tuple[dict[str, Any], str]:
     """Builder options for the knobs that differ from the default, and a label such as 'resnet56 (no skip)'.
 
     Only non-default knobs are passed on, so models without them (simple_cnn, vgg_like) still work when
@@ -202,6 +202,9 @@ def model_options(name: str, *, init_scale: float = 1.0, batch_norm: bool = True
     if init_scale != 1.0:
         opts["init_scale"] = init_scale
         words.append(f"init×{init_scale:g}")
+    if preact:
+        opts["preact"] = True
+        words.append("pre-act")
     return opts, name + (f" ({', '.join(words)})" if words else "")
 
 
@@ -217,6 +220,7 @@ def gradient_lab(
     batch_norm: bool = True,
     activation: str = "relu",
     skip: bool = True,
+    preact: bool = False,
     seed: int = 0,
     device: str = "auto",
     data_dir: str | None = None,
@@ -248,7 +252,7 @@ def gradient_lab(
     n_classes, size = len(ds.classes), tuple(ds.input_size)
     if len(ds.train) < batch_size:
         raise CnnlabError(f"batch-size {batch_size} is larger than the {len(ds.train)} training images of {ds.name}")
-    knobs = dict(init_scale=init_scale, batch_norm=batch_norm, activation=activation, skip=skip)
+    knobs = dict(init_scale=init_scale, batch_norm=batch_norm, activation=activation, skip=skip, preact=preact)
     builds = []
     for name in models:  # build every model first: a bad name or option fails before any training
         opts, label = model_options(name, **knobs)

@@ -8,8 +8,15 @@ new channels), which has no parameters, so `plain<depth>` (the same stack withou
 paper's plain baseline) has exactly as many parameters.
 
 Knobs for the vanishing/exploding-gradient experiments: `skip`, `batch_norm` (without it the convs get
-biases, as usual), `activation` ("relu", "tanh", "sigmoid", ...), and `init_scale`, which multiplies the
-standard deviation of the Kaiming-normal init (fan_out, with the activation's gain; as torchvision).
+biases, as usual), `activation` ("relu", "tanh", "sigmoid", ...), `init_scale`, which multiplies the
+standard deviation of the Kaiming-normal init (fan_out, with the activation's gain; as torchvision), and
+`preact`: pre-activation blocks (He, Zhang, Ren, Sun 2016, "Identity Mappings in Deep Residual Networks"):
+bn - act - conv3x3 - bn - act - conv3x3, plus the shortcut, with nothing after the addition; the stem is
+the conv alone and a final bn - act comes before the pooling. In the original (post-activation) block the
+activation follows the addition, so the shortcut path too crosses one activation per block: with a
+saturating activation (sigmoid, whose slope is at most 1/4) the gradient through 27 blocks shrinks as
+much along the shortcuts as through the plain stack. Pre-activation leaves the shortcut path a pure
+identity from the last block to the first, which is the skip connection the lecture's argument is about.
 Any input size works (global pooling), e.g. 1x28x28 with `in_channels=1`.
 """
 
@@ -54,6 +61,34 @@ class BasicBlock(nn.Module):
         return self.act2(out)
 
 
+class PreActBlock(nn.Module):
+    """bn - act - conv3x3 - bn - act - conv3x3, plus the shortcut, nothing after the addition (He et al. 2016,
+    Identity Mappings). `(N, C_in, H, W)` -> `(N, C_out, H/s, W/s)`. The shortcut takes the block's input as it
+    is (option A where the shape changes), so a stack of these has a pure identity path end to end."""
+
+    expansion = 1
+
+    def __init__(self, in_channels: int, channels: int, stride: int = 1, skip: bool = True,
+                 batch_norm: bool = True, activation: str = "relu"):
+        super().__init__()
+        self.skip = skip
+        self.bn1 = nn.BatchNorm2d(in_channels) if batch_norm else nn.Identity()
+        self.act1 = make_activation(activation)
+        self.conv1 = nn.Conv2d(in_channels, channels, 3, stride, 1, bias=not batch_norm)
+        self.bn2 = nn.BatchNorm2d(channels) if batch_norm else nn.Identity()
+        self.act2 = make_activation(activation)
+        self.conv2 = nn.Conv2d(channels, channels, 3, 1, 1, bias=not batch_norm)
+        reshape = stride != 1 or in_channels != channels
+        self.downsample = ShortcutA(in_channels, channels, stride) if skip and reshape else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv1(self.act1(self.bn1(x)))
+        out = self.conv2(self.act2(self.bn2(out)))
+        if self.skip:
+            out = out + (x if self.downsample is None else self.downsample(x))
+        return out
+
+
 class ResNetCifar(ConvNet):
     """The CIFAR ResNet of depth 6n+2. `(N, C, H, W)` -> `(N, num_classes)` logits.
 
@@ -70,26 +105,34 @@ class ResNetCifar(ConvNet):
         activation: str = "relu",
         init_scale: float = 1.0,
         widths: tuple[int, int, int] = (16, 32, 64),
+        preact: bool = False,
     ):
         super().__init__()
         if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
             raise CnnlabError(f"a CIFAR ResNet has depth 6n+2 (20, 32, 44, 56, 110, ...), got {depth!r}")
         if not isinstance(init_scale, (int, float)) or init_scale <= 0:
             raise CnnlabError(f"init_scale must be a positive number (1.0 = Kaiming init), got {init_scale!r}")
+        if not isinstance(preact, bool):
+            raise CnnlabError(f"preact must be true or false, got {preact!r}")
         activation = check_activation(activation)
         n = (depth - 2) // 6
-        self.depth, self.num_classes, self.skip = depth, num_classes, skip
+        self.depth, self.num_classes, self.skip, self.preact = depth, num_classes, skip, preact
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=not batch_norm)
-        self.bn1 = nn.BatchNorm2d(widths[0]) if batch_norm else nn.Identity()
-        self.act1 = make_activation(activation)
+        # pre-activation: the stem is the conv alone (the first block starts with bn - act)
+        self.bn1 = nn.BatchNorm2d(widths[0]) if batch_norm and not preact else nn.Identity()
+        self.act1 = nn.Identity() if preact else make_activation(activation)
+        block = PreActBlock if preact else BasicBlock
         c_in = widths[0]
         for i, c in enumerate(widths):
             blocks = []
             for j in range(n):
                 stride = 2 if i > 0 and j == 0 else 1
-                blocks.append(BasicBlock(c_in, c, stride, skip, batch_norm, activation))
+                blocks.append(block(c_in, c, stride, skip, batch_norm, activation))
                 c_in = c
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
+        if preact:  # the last block's sum is normalised and activated once, before the pooling
+            self.bn_final = nn.BatchNorm2d(widths[-1]) if batch_norm else nn.Identity()
+            self.act_final = make_activation(activation)
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(widths[-1], num_classes)
         self.feature_info = [
@@ -114,7 +157,8 @@ class ResNetCifar(ConvNet):
         x = self.act1(self.bn1(self.conv1(x)))  # (N, 16, H, W)
         x = self.layer1(x)  # (N, 16, H, W)
         x = self.layer2(x)  # (N, 32, H/2, W/2)
-        return self.layer3(x)  # (N, 64, H/4, W/4)
+        x = self.layer3(x)  # (N, 64, H/4, W/4)
+        return self.act_final(self.bn_final(x)) if self.preact else x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.global_pool(x).flatten(1)  # (N, 64)

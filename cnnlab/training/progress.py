@@ -57,7 +57,8 @@ class ProgressBar:
         self.start = time.perf_counter()
         self.last_draw = -math.inf  # the first update draws
         self.images = 0
-        self._share, self._epoch_share = CpuShare(), CpuShare()  # the last few seconds; the whole epoch
+        # the last few seconds; the whole epoch. job=True: the other ranks of a torchrun job are not a neighbour
+        self._share, self._epoch_share = CpuShare(job=True), CpuShare(job=True)
         self._share_at, self._shared = self.start, ""
         self._bar: text_tqdm | None = None
         if self.enabled:
