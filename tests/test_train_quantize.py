@@ -113,6 +113,8 @@ def test_quantize_refusals_in_python(run_dir, tmp_path):
         export(run_dir, "torchscript", tmp_path / "m.pt", quantize="int8")
     with pytest.raises(CnnlabError, match="unknown quantisation 'int4'"):
         export(run_dir, "onnx", tmp_path / "m.onnx", quantize="int4")
+    with pytest.raises(CnnlabError, match="max_drop must be a number"):
+        export(run_dir, "onnx", tmp_path / "m.onnx", quantize="int8", max_drop=float("nan"))
     assert not any(tmp_path.iterdir())
 
 

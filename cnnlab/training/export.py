@@ -89,6 +89,8 @@ def export(run: str | Path, format: str = "onnx", out: str | Path | None = None,
         raise CnnlabError("--quantize int8 goes through ONNX Runtime: use it with --format onnx")
     if quantize and not (isinstance(calibration_images, int) and calibration_images >= 1):
         raise CnnlabError(f"calibration_images must be a whole number >= 1, got {calibration_images!r}")
+    if quantize and not (isinstance(max_drop, (int, float)) and 0 <= max_drop <= 100):  # nan fails too
+        raise CnnlabError(f"max_drop must be a number of accuracy points from 0 to 100, got {max_drop!r}")
     if fmt == "onnx":
         onnxruntime()  # before any work: without it the export cannot be checked
     wrapped, card = exportable(run, which)

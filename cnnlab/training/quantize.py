@@ -26,8 +26,6 @@ too few or unrepresentative calibration images can lose far more than the usual 
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -47,7 +45,7 @@ EVAL_BATCH = 256
 
 @dataclass
 class Quantized:
-    """What `quantize_int8` measured; `to_dict()` goes into the INT8 file's `.json` under "int8"."""
+    """What `quantize_int8` measured; `to_dict()` is the INT8 file's `.json` "verified" entry."""
 
     calibration: str  # which images set the activation ranges
     test_images: int
@@ -94,19 +92,6 @@ class _Reader:
         pass
 
 
-@contextlib.contextmanager
-def _quiet_logging():
-    """ONNX Runtime's quantiser reports through the root logger (e.g. "Please consider to run
-    pre-processing"); keep those off the user's terminal for this call only, and restore the level."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
-
-
 def quantize_file(fp32: Path, out: Path, images: np.ndarray, work: Path) -> None:
     """Write the INT8 QDQ model of the ONNX file `fp32` to `out`, ranges calibrated on `images`."""
     try:
@@ -116,18 +101,15 @@ def quantize_file(fp32: Path, out: Path, images: np.ndarray, work: Path) -> None
         raise CnnlabError(f"INT8 quantisation needs ONNX Runtime's quantisation tools ({e}): "
                           "pip install 'cnnlab[export]'") from None
     prepared = work / "prepared.onnx"
-    with _quiet_logging():
-        try:
-            quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
-            quantize_static(str(prepared), str(out), _Reader(images), quant_format=QuantFormat.QDQ, per_channel=True,
-                            reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=CalibrationMethod.MinMax,
-                            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
-        except CnnlabError:
-            raise
-        except Exception as e:  # noqa: BLE001 - the quantiser raises its own and onnx's types
-            text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise CnnlabError(f"ONNX Runtime could not quantise the model to INT8: {text[:200]}") from None
+    try:
+        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+        quantize_static(str(prepared), str(out), _Reader(images), quant_format=QuantFormat.QDQ, per_channel=True,
+                        reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax,
+                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+    except Exception as e:  # noqa: BLE001 - the quantiser raises its own and onnx's types
+        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CnnlabError(f"ONNX Runtime could not quantise the model to INT8: {text[:200]}") from None
 
 
 def run_split(session, split, batch: int = EVAL_BATCH) -> tuple[np.ndarray, float]:
