@@ -40,3 +40,18 @@ def check_experiment_files(folder: Path) -> dict:
     assert png.startswith(PNG) and len(png) > 1000
     assert "**Verdict:" in (folder / "table.md").read_text()
     return saved
+
+
+class Crash(Exception):
+    """Raised by `StopAt` to simulate a crash mid-run."""
+
+
+class StopAt:
+    """A training callback that raises `Crash` when the run reaches (0-based epoch, step)."""
+
+    def __init__(self, epoch: int, step: int):
+        self.at = (epoch, step)
+
+    def on_step_end(self, trainer, epoch, step):
+        if (epoch, step) == self.at:
+            raise Crash

@@ -30,3 +30,21 @@ def test_plain_loop_trains_the_lecture_cnn_in_plain_pytorch():
         assert torch.equal(a, b)  # the same initial weights for the same seed
     x = torch.randn(4, 1, 28, 28)
     torch.testing.assert_close(plain(x), ours(x))
+
+
+def test_every_trick_arm_changes_one_valid_option_of_its_recipe():
+    from cnnlab.training import TrainConfig  # noqa: PLC0415
+    from cnnlab.training.recipes import recipe_options  # noqa: PLC0415
+
+    bench = _load("tricks")
+    for recipe, arms in bench.ARMS.items():
+        base_epochs, base = bench.arm_options(recipe, {})
+        assert base == {k: v for k, v in recipe_options(recipe).items() if k != "epochs"}
+        for name, (_what, changes) in arms.items():
+            epochs, opts = bench.arm_options(recipe, changes)
+            assert epochs == base_epochs
+            TrainConfig(**opts, epochs=epochs).resolved()  # refuses an unknown or invalid option
+            differ = {k for k in opts if opts[k] != base.get(k)}
+            assert len(differ) == 1, (recipe, name, differ)
+            if "extra" in differ:
+                assert len({k for k in opts["extra"] if opts["extra"][k] != base["extra"].get(k)}) == 1

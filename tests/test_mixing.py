@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import Crash, StopAt
 from torch import nn
 from torchvision.transforms import v2
 
@@ -176,17 +177,9 @@ def test_resume_with_mix_is_bit_exact(tmp_path):
     full = train(data=_data(), epochs=2, mix="cutmix:1.0:p=0.7", out=str(tmp_path / "a"), verbose=False,
                  plots=False, **OPTS)
 
-    class Crash(Exception):
-        pass
-
-    class StopAt:
-        def on_step_end(self, trainer, epoch, step):
-            if (epoch, step) == (1, 4):
-                raise Crash
-
     with pytest.raises(Crash):
         train(data=_data(), epochs=2, mix="cutmix:1.0:p=0.7", out=str(tmp_path / "b"), verbose=False, plots=False,
-              checkpoint_every=3, callbacks=[StopAt()], **OPTS)
+              checkpoint_every=3, callbacks=[StopAt(1, 4)], **OPTS)
     resumed = train(data=_data(), resume=str(tmp_path / "b"), verbose=False, plots=False)
     for k, v in full.model.state_dict().items():
         assert torch.equal(v, resumed.model.state_dict()[k]), k

@@ -79,6 +79,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     h.add_argument("--warmup", type=float, help="epochs of linear warm-up")
     h.add_argument("--label-smoothing", type=float)
     h.add_argument("--grad-clip", type=float, help="clip the gradient norm to this value")
+    h.add_argument("--whiten", action=argparse.BooleanOptionalAction, default=None,
+                   help="make the first convolution a frozen patch-whitening layer fitted on the training split "
+                   "(airbench); it needs at most 2*C*k*k filters, e.g. a spec starting conv3x3-18 on grayscale "
+                   "(--no-whiten: a recipe's without it)")
     h.add_argument("--ema", type=float, metavar="DECAY",
                    help="also keep an exponential moving average of the weights (e.g. 0.999 per step): evaluated "
                    "each epoch, saved as RUN/ema.safetensors (`cnnlab eval RUN --weights ema`)")
@@ -130,7 +134,7 @@ OPTION_NAMES = ("model", "data", "data_dir", "image_size", "val_fraction", "epoc
                 "checkpoint_every", "keep_checkpoints", "monitor_gradients", "tta", "eval_test_every_epoch",
                 "class_weights", "sampler", "log")
 OPTION_NAMES += ("mix",)
-OPTION_NAMES += ("ema", "early_stop", "monitor", "plateau_patience", "plateau_factor")  # weight averaging, stopping
+OPTION_NAMES += ("whiten", "ema", "early_stop", "monitor", "plateau_patience", "plateau_factor")  # weight averaging, stopping
 
 
 def run(args: argparse.Namespace) -> int:

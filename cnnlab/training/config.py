@@ -75,6 +75,7 @@ class TrainConfig:
     warmup: float | None = None  # epochs of linear warm-up; None: 30% of the run for onecycle, else 0
     label_smoothing: float = 0.0  # share of the target probability spread over the other classes
     grad_clip: float | None = None  # clip the global gradient norm to this value; None: no clipping
+    whiten: bool = False  # the first conv becomes a frozen patch-whitening layer fitted on train (cnnlab.training.whitening)
     ema: float | None = None  # keep an exponential moving average of the weights, this decay per step (0.999); None: off
     early_stop: int | None = None  # stop after this many evaluated epochs without improvement of `monitor`; None: off
     monitor: str = "val_loss"  # what --early-stop and --schedule plateau watch, on the validation split only

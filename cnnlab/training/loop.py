@@ -62,6 +62,7 @@ from cnnlab.training.rundir import RunWriter
 from cnnlab.training.selection import Selection, better, load_for_training, snapshot
 from cnnlab.training.step import NonFiniteLossError, StepOutput, TrainStep
 from cnnlab.training.stopping import EarlyStopping, PlateauSchedule, refuse_without_validation
+from cnnlab.training.whitening import whiten_first_conv
 
 CHECKPOINT_FORMAT = 1
 
@@ -250,6 +251,10 @@ class Trainer:
         if self.module is None and (note := downsampling_warning(cfg.model, self.input_size, len(self.classes), options)):
             self.warn(f"warning: {note}")
         self.model_options = options
+        self.whitening = None
+        if cfg.whiten:  # airbench's first layer, fitted on the training split only (a resumed run then loads its weights)
+            self.whitening = whiten_first_conv(model, ds.train, Preprocess(ds.mean, ds.std, "cpu", channels_last=False),
+                                               self.input_size, seed=cfg.seed)
         model = fuse(model, inplace=True, kernel=self.precision.device.type == "cpu") if cfg.fuse else model  # same values, faster
 
         device = self.precision.device
@@ -446,6 +451,8 @@ class Trainer:
         self.log(self.selection.describe() if self.evaluate else "not evaluated: the last weights are kept")
         for option, why in self.default_notes.items():
             self.log(f"default {option.replace('_', '-')}: {why}")
+        if self.whitening is not None:
+            self.log(self.whitening.describe())
         self.log(f"run directory: {self.run.path}" if self.run is not None else "training in memory: no run directory")
 
     def _run_epoch(self, epoch: int) -> EvalResult | None:

@@ -103,6 +103,7 @@ class RunWriter(Callback):
             "model_options": trainer.model_options,
             "selection": trainer.selection.to_dict(),  # which split chooses the weights (cnnlab.training.selection)
             "defaults": trainer.default_notes,  # options whose default followed the data's size, and why
+            "whitening": trainer.whitening.describe() if trainer.whitening is not None else None,  # --whiten
             "environment": environment(),
         }
 
