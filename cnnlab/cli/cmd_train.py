@@ -134,7 +134,7 @@ OPTION_NAMES = ("model", "data", "data_dir", "image_size", "val_fraction", "epoc
                 "checkpoint_every", "keep_checkpoints", "monitor_gradients", "tta", "eval_test_every_epoch",
                 "class_weights", "sampler", "log")
 OPTION_NAMES += ("mix",)
-OPTION_NAMES += ("whiten", "ema", "early_stop", "monitor", "plateau_patience", "plateau_factor")  # weight averaging, stopping
+OPTION_NAMES += ("whiten", "ema", "early_stop", "monitor", "plateau_patience", "plateau_factor")  # whitening, averaging, stopping
 
 
 def run(args: argparse.Namespace) -> int:
