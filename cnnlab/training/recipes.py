@@ -74,7 +74,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     # fashion-mnist-94's net over 5 epochs: 93.68 / 93.67 / 93.40%; paired +0.18, 95% interval -0.25 to +0.61:
     # the same accuracy). The same whitened layer before fashion-mnist-94's net minus its first conv (about the
     # previous recipe's MACs): 93.83 / 93.77 / 93.78%, at ~30% fewer images/s than this one, measured in turns
-    # on the same morning. Details: docs/performance.md, "Fewer epochs".
+    # on the same morning. This net without --whiten: 93.29 / 93.54 / 93.40% (whitening's share +0.35, 95% interval
+    # -0.22 to +0.92: inconclusive at 3 seeds; it costs no time). Details: docs/performance.md, "Fewer epochs".
     "fashion-mnist-94-fast": {
         "about": "5 epochs: whitened 3x3 first layer + 3 airbench blocks (32-64-128, batch norm), flip/2-pixel shift, "
                  "AdamW one-cycle over 5 epochs, flip-shift TTA; 93.76 ± 0.28% test (3 seeds, trained on all 60,000)",
