@@ -61,7 +61,7 @@ def arm_options(recipe: str, changes: dict) -> tuple[int, dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipe", default="fashion-mnist-90-1epoch", choices=sorted(ARMS))
-    ap.add_argument("--seeds", type=int, default=3, help="seeds per arm (default 3; at least 2 for an interval)")
+    ap.add_argument("--seeds", type=train_speed._positive, default=3, help="seeds per arm (default 3; at least 2 for an interval)")
     ap.add_argument("--arms", default="", help="comma-separated arms (default: all of the recipe's)")
     ap.add_argument("--list", action="store_true", help="print every recipe's arms and exit")
     ap.add_argument("--out", default="runs/tricks", help="folder for the run directories")

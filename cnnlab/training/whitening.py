@@ -84,21 +84,20 @@ def patch_covariance(split, prep, kernel: tuple[int, int], dilation: tuple[int, 
     """(D x D uncentred covariance of the k x k patches, images used, patches used), in float64."""
     n_images = min(max_images, len(split))
     cov, patches, images = None, 0, 0
-    stride = None
+    stride = step = dims = 0  # set from the first batch: every image of a split has the same size
     for raw, _ in split.batches(min(256, n_images), shuffle=True, seed=seed):
         raw = raw[: n_images - images]
         x = prep(raw).float().contiguous()
-        if stride is None:
-            h, w = x.shape[2:]
+        if not stride:
+            c, h, w = x.shape[1:]
             span = [d * (k - 1) + 1 for k, d in zip(kernel, dilation, strict=True)]
             if h < span[0] or w < span[1]:
                 raise CnnlabError(f"--whiten: images of {h}x{w} pixels are smaller than the first convolution's "
                                   f"{span[0]}x{span[1]} receptive field")
             positions = (h - span[0] + 1) * (w - span[1] + 1)
             stride = max(1, round(math.sqrt(positions / PATCHES_PER_IMAGE)))
-        dims = x.shape[1] * kernel[0] * kernel[1]
-        per_image = dims * math.ceil((x.shape[2]) / stride) * math.ceil((x.shape[3]) / stride)
-        step = max(1, CHUNK_FLOATS // per_image)
+            dims = c * kernel[0] * kernel[1]
+            step = max(1, CHUNK_FLOATS // (dims * math.ceil(h / stride) * math.ceil(w / stride)))  # images per chunk
         for i in range(0, len(x), step):
             cols = F.unfold(x[i: i + step], kernel, dilation=dilation, stride=stride)  # (n, D, L)
             flat = cols.transpose(1, 2).reshape(-1, dims).double()
