@@ -116,19 +116,22 @@ def with_validation(ds: Dataset, val_fraction: float, seed: int) -> Dataset:
 
 class SelectOnValidation(Callback):
     """After every epoch: accuracy on the held-out validation split; keeps a copy of the best weights
-    (the earliest epoch on ties) and, with `patience`, stops once that many epochs brought no improvement."""
+    (the earliest epoch on ties) and their validation loss, and, with `patience`, stops once that many epochs
+    brought no improvement."""
 
     def __init__(self, val, patience: int | None = None):
         self.val, self.patience = val, patience
         self.best, self.best_epoch, self.state, self.curve = -1.0, 0, None, []
+        self.best_loss = float("inf")
 
     def on_epoch_end(self, trainer, epoch, metrics):
         cfg = trainer.config
-        acc = evaluate_split(trainer.model, self.val, trainer.prep, trainer.precision, len(trainer.classes),
-                             list(trainer.classes), cfg.eval_batch_size, cfg.tta).accuracy
+        ev = evaluate_split(trainer.model, self.val, trainer.prep, trainer.precision, len(trainer.classes),
+                            list(trainer.classes), cfg.eval_batch_size, cfg.tta)
+        acc = ev.accuracy
         self.curve.append(acc)
         if acc > self.best:
-            self.best, self.best_epoch = acc, epoch + 1
+            self.best, self.best_epoch, self.best_loss = acc, epoch + 1, ev.loss
             self.state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
         elif self.patience and epoch + 1 - self.best_epoch >= self.patience:
             trainer.stop_training = True
@@ -146,6 +149,7 @@ class Selected:
     train_seconds: float  # the training steps of every epoch run (no evaluation)
     val_curve: list[float]
     data: Dataset | None = None  # the training images trained on (train) and the validation split (val)
+    val_loss: float = float("inf")  # of the chosen epoch: breaks ties of val_accuracy between runs
 
 
 def fit_selected(model: str | nn.Module, data: Dataset, *, val_fraction: float = VAL_FRACTION, seed: int,
@@ -180,7 +184,7 @@ def fit_selected(model: str | nn.Module, data: Dataset, *, val_fraction: float =
     tested = evaluate_split(result.model, final.test, trainer_prep(result, ds), _precision(result),
                             len(ds.classes), list(ds.classes), result.config.eval_batch_size, result.config.tta)
     return Selected(result, selector.best, tested.accuracy, selector.best_epoch, len(result.history), seconds,
-                    selector.curve, ds)
+                    selector.curve, ds, selector.best_loss)
 
 
 def _precision(result: TrainResult):
