@@ -1,6 +1,6 @@
 """What each trick of a fast recipe buys: the recipe, and the recipe without one trick at a time, over seeds.
 
-    python benchmarks/tricks.py --recipe fashion-mnist-90-1epoch --seeds 3      # ~15 runs of ~30-50 s (2 cores)
+    python benchmarks/tricks.py --recipe fashion-mnist-90-1epoch --seeds 3      # ~15 runs of 10-40 s (2 cores)
     python benchmarks/tricks.py --recipe fashion-mnist-94-fast --seeds 3 --arms no-whiten
     python benchmarks/tricks.py --list                                           # the arms of every recipe
 
@@ -34,8 +34,9 @@ ARMS: dict[str, dict[str, tuple[str, dict]]] = {
         "no-whiten": ("the patch-whitened first conv (--whiten)", {"whiten": False}),
         "no-label-smoothing": ("label smoothing 0.1", {"label_smoothing": 0.0}),
         "default-lr": ("the tuned one-cycle peak 0.01 (cnnlab's default 1e-3 instead)", {"lr": 1e-3}),
-        "no-batch-norm": ("batch norm", {"extra": {"batch_norm": False}}),
-        "width-12": ("width 16 (12 instead: ~10% more images/s)", {"extra": {"width": 12}}),
+        "no-batch-norm": ("batch norm", {"model": "conv3x3-16 (conv3x3-32/pool2)*3/double fc10"}),
+        "width-16": ("widths 32-64-128 (16-32-64 instead: ~1.4x the images/s)",
+                     {"model": "conv3x3-16 (conv3x3-16/pool2/bn)*3/double fc10"}),
     },
     "fashion-mnist-94-fast": {
         "no-whiten": ("the whitening of the first conv (the same net, its first conv trained from random)",

@@ -8,13 +8,13 @@ Modules (no state; what `print(model)` shows is what runs):
   quarter of the positions. `cnnlab.fuse` puts it where a model has `ReLU -> MaxPool2d(2, 2)`.
 - `MaxPool2x2()`: `nn.MaxPool2d(2, 2)` (same repr, same values) on the kernel where it applies.
 
-Where the C kernel applies (`kernel_applies(x)`: a CPU 4-D channels_last map, the kernel loaded, and
-its SIMD loops usable for the dtype: with AVX-512, bf16 with channels a multiple of 32 or fp32 with a
-multiple of 16; with AVX2 only, fp32 with a multiple of 8), both call the
-operator `torch.ops.cnnlab.max_pool2x2`, elsewhere PyTorch's `max_pool2d` and `relu`, which compute the
-same values. The decision reads only the tensor's device, dtype, shape and layout, so torch.compile and
-torch.export see an ordinary branch; `torch.fx.symbolic_trace` records the module's function
-(`relu_max_pool2x2`, registered with `torch.fx.wrap`) as one call.
+Where the C kernel applies (`kernel_applies(x)`: a CPU 4-D channels_last map, the kernel loaded, and its
+SIMD loops usable for the dtype: with AVX-512, bf16 or fp32 with channels a multiple of 16; with AVX2
+only, fp32 with a multiple of 8), both call the operator `torch.ops.cnnlab.max_pool2x2`, elsewhere
+PyTorch's `max_pool2d` and `relu`, which compute the same values. The decision reads only the tensor's
+device, dtype, shape and layout, so torch.compile and torch.export see an ordinary branch;
+`torch.fx.symbolic_trace` records the module's function (`relu_max_pool2x2`, registered with
+`torch.fx.wrap`) as one call.
 
 The operators are registered with `torch.library.custom_op`, with fake (meta) implementations, autograd
 formulas and vmap rules, so tracing, torch.compile, torch.export and torch.func see them as ordinary ops:
@@ -49,12 +49,13 @@ from cnnlab.layers import _native
 __all__ = ["MaxPool2x2", "ReLUMaxPool2x2", "kernel_applies", "load_kernel", "max_pool2x2", "relu_max_pool2x2"]
 
 _DTYPE_CODE = {torch.bfloat16: (0, torch.int16), torch.float32: (1, torch.int32)}
-# channels per vector of the SIMD loops, by `_native.simd_level()`: AVX-512 (bf16, fp32), AVX2 (fp32 only)
-_LANES_BY_LEVEL = {2: {torch.bfloat16: 32, torch.float32: 16}, 1: {torch.float32: 8}, 0: {}}
+# the channel multiple the SIMD loops take, by `_native.simd_level()`: AVX-512 (bf16: 32 channels per vector and
+# a masked last chunk of 16; fp32: 16 per vector), AVX2 (fp32 only, 8 per vector)
+_LANES_BY_LEVEL = {2: {torch.bfloat16: 16, torch.float32: 16}, 1: {torch.float32: 8}, 0: {}}
 
 
 def simd_lanes(dtype: torch.dtype) -> int | None:
-    """Channels per vector of the kernel's SIMD loops on this CPU for `dtype`; None where none run."""
+    """The channel multiple the kernel's SIMD loops take on this CPU for `dtype`; None where none run."""
     return _LANES_BY_LEVEL[_native.simd_level()].get(dtype)
 _FORCE_PORTABLE = False  # tests: run the portable C loops where the AVX-512 ones would run
 

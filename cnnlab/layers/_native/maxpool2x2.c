@@ -99,7 +99,10 @@ AVX512 static inline __m512i key_bf16_x32(__m512i v, __mmask32 *is_nan) {
     return _mm512_mask_mov_epi16(signed_mag, *is_nan, _mm512_set1_epi16(NAN_KEY));
 }
 
-/* C % 32 == 0 */
+/* Channels [c, C) as a mask of up to 32 16-bit lanes: all of them but in a last chunk of 16 (C % 16 == 0). */
+#define TAIL32(c, C) ((C) - (c) >= 32 ? ~(__mmask32)0 : (__mmask32)0xFFFFu)
+
+/* C % 16 == 0: 32 channels per vector, and a last chunk of 16 where C % 32 == 16 (masked loads and stores) */
 AVX512 static void fwd_bf16_avx512(const uint16_t *x, uint16_t *y, uint16_t *code, int64_t n0, int64_t n1,
                                    int64_t H, int64_t W, int64_t C, int relu) {
     const __m512i zero = _mm512_setzero_si512(), pass = _mm512_set1_epi16((short)0x8000);
@@ -107,10 +110,11 @@ AVX512 static void fwd_bf16_avx512(const uint16_t *x, uint16_t *y, uint16_t *cod
                 const uint16_t *a = x + in;
                 const uint16_t *p[3] = {a + C, a + W * C, a + W * C + C};
                 for (int64_t c = 0; c < C; c += 32) {
+                    const __mmask32 lanes = TAIL32(c, C);
                     __mmask32 nan;
-                    __m512i mb = _mm512_loadu_si512(a + c), km = key_bf16_x32(mb, &nan), i = zero;
+                    __m512i mb = _mm512_maskz_loadu_epi16(lanes, a + c), km = key_bf16_x32(mb, &nan), i = zero;
                     for (int e = 0; e < 3; e++) {
-                        const __m512i v = _mm512_loadu_si512(p[e] + c), kv = key_bf16_x32(v, &nan);
+                        const __m512i v = _mm512_maskz_loadu_epi16(lanes, p[e] + c), kv = key_bf16_x32(v, &nan);
                         const __mmask32 t = _mm512_cmpgt_epi16_mask(kv, km) | nan;
                         km = _mm512_mask_mov_epi16(km, t, kv);
                         mb = _mm512_mask_mov_epi16(mb, t, v);
@@ -118,8 +122,8 @@ AVX512 static void fwd_bf16_avx512(const uint16_t *x, uint16_t *y, uint16_t *cod
                     }
                     const __mmask32 keep = relu ? ~_mm512_cmplt_epi16_mask(km, zero) : ~(__mmask32)0;
                     const __mmask32 passes = relu ? _mm512_cmpgt_epi16_mask(km, zero) : ~(__mmask32)0;
-                    _mm512_storeu_si512(y + out + c, _mm512_maskz_mov_epi16(keep, mb));
-                    _mm512_storeu_si512(code + out + c, _mm512_or_si512(i, _mm512_maskz_mov_epi16(passes, pass)));
+                    _mm512_mask_storeu_epi16(y + out + c, lanes, _mm512_maskz_mov_epi16(keep, mb));
+                    _mm512_mask_storeu_epi16(code + out + c, lanes, _mm512_or_si512(i, _mm512_maskz_mov_epi16(passes, pass)));
                 }
     END_WINDOWS
 }
@@ -149,25 +153,30 @@ AVX512 static void fwd_f32_avx512(const float *x, float *y, uint32_t *code, int6
     END_WINDOWS
 }
 
-#define DEFINE_BACKWARD_AVX512(NAME, T, LANES, SET1, CMPEQ, MASKZ, ALL)                                         \
+/* LANES(c, C): the mask of the channels [c, c + vector) to load and store (a last, shorter chunk for bf16). */
+#define DEFINE_BACKWARD_AVX512(NAME, T, STEP, LANES, LOAD, STORE, SET1, CMPEQ, MASKZ)                             \
     AVX512 static void NAME(const T *g, const T *code, T *gx, int64_t n0, int64_t n1, int64_t H, int64_t W, \
                             int64_t C) {                                                                   \
         const __m512i want[4] = {SET1(0), SET1(1), SET1(2), SET1(3)};                                      \
         FOR_EACH_WINDOW                                                                                    \
                     T *a = gx + in;                                                                        \
                     T *p[4] = {a, a + C, a + W * C, a + W * C + C};                                        \
-                    for (int64_t c = 0; c < C; c += LANES) {                                               \
-                        const __m512i k = _mm512_loadu_si512(code + out + c), g0 = _mm512_loadu_si512(g + out + c); \
-                        const __m512i v = MASKZ(~CMPEQ(g0, want[0]) & ALL, g0); /* -0.0 -> +0.0 */            \
+                    for (int64_t c = 0; c < C; c += STEP) {                                                \
+                        const __typeof__(LANES(c, C)) lanes = LANES(c, C);                                 \
+                        const __m512i k = LOAD(lanes, code + out + c), g0 = LOAD(lanes, g + out + c);      \
+                        const __m512i v = MASKZ(~CMPEQ(g0, want[0]) & lanes, g0); /* -0.0 -> +0.0 */          \
                         for (int e = 0; e < 4; e++)                                                        \
-                            _mm512_storeu_si512(p[e] + c, MASKZ(CMPEQ(k, want[e]), v));                    \
+                            STORE(p[e] + c, lanes, MASKZ(CMPEQ(k, want[e]), v));                           \
                     }                                                                                      \
         END_WINDOWS                                                                                        \
     }
 #define SET1_16(e) _mm512_set1_epi16((short)(0x8000 | (e)))
 #define SET1_32(e) _mm512_set1_epi32((int)(0x80000000u | (e)))
-DEFINE_BACKWARD_AVX512(bwd_16_avx512, uint16_t, 32, SET1_16, _mm512_cmpeq_epi16_mask, _mm512_maskz_mov_epi16, (__mmask32)~0u)
-DEFINE_BACKWARD_AVX512(bwd_32_avx512, uint32_t, 16, SET1_32, _mm512_cmpeq_epi32_mask, _mm512_maskz_mov_epi32, (__mmask16)0xFFFF)
+#define ALL16(c, C) ((__mmask16)0xFFFF)
+DEFINE_BACKWARD_AVX512(bwd_16_avx512, uint16_t, 32, TAIL32, _mm512_maskz_loadu_epi16, _mm512_mask_storeu_epi16, SET1_16,
+                       _mm512_cmpeq_epi16_mask, _mm512_maskz_mov_epi16)
+DEFINE_BACKWARD_AVX512(bwd_32_avx512, uint32_t, 16, ALL16, _mm512_maskz_loadu_epi32, _mm512_mask_storeu_epi32, SET1_32,
+                       _mm512_cmpeq_epi32_mask, _mm512_maskz_mov_epi32)
 
 static int avx512_ok(void) {
     static int ok = -1;
@@ -281,7 +290,7 @@ BWD(bwd_32_avx2, uint32_t)
 #endif
 
 /* 2 where this build and CPU have the AVX-512 kernels (used for channel counts that are a multiple of
- * 32 in bf16, of 16 in fp32); 1 where they have the AVX2 ones (fp32 only, channels a multiple of 8);
+ * 16, bf16 or fp32); 1 where they have the AVX2 ones (fp32 only, channels a multiple of 8);
  * 0: the portable loops run. */
 int cnnlab_maxpool2x2_simd(void) { return avx512_ok() ? 2 : avx2_ok() ? 1 : 0; }
 
@@ -295,7 +304,7 @@ int cnnlab_maxpool2x2_openmp(void) {
 }
 
 static int simd(int dtype, int64_t C, int generic) {
-    return HAVE_AVX512_PATH && !generic && avx512_ok() && C % (dtype == 0 ? 32 : 16) == 0;
+    return HAVE_AVX512_PATH && !generic && avx512_ok() && C % 16 == 0;
 }
 
 static int simd2(int dtype, int64_t C, int generic) {
