@@ -55,10 +55,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     # rate anneals to zero by its end). No TTA: trained without flips, the model reads mirrored images as new ones.
     # The net was chosen on a validation split (10% of train, stratified; the test set not looked at), 3 seeds
     # per candidate, by a rule fixed before the last candidates ran: the most images/s among nets whose mean
-    # validation accuracy is at least 91.5%. Candidates, validation means (AMX class, bf16): the previous net,
-    # vgg_like width 16 with batch norm at full resolution, 91.49%, 5,414 images/s; this one 91.97%, 7,111;
-    # the same with 18 whitening filters 92.17%, 6,567; at 16-32-64 91.09%, 9,847. Test accuracy over 3 seeds,
-    # trained on all 60,000, and what each part buys: docs/performance.md, "Fewer epochs".
+    # validation accuracy is at least 91.5%. It replaced vgg_like width 16, whose batch norm ran at full
+    # resolution. The candidates, their speeds (which depend on the CPU), the test accuracy over 3 seeds trained
+    # on all 60,000, and what each part buys: docs/performance.md (its AMX section and "Fewer epochs").
     "fashion-mnist-90-1epoch": {
         "about": "one epoch: whitened 3x3 first layer + 3 stages of conv/pool/batch norm (32-64-128), AdamW "
                  "one-cycle 0.01 over 1 epoch; chosen on a validation split (docs/performance.md)",
