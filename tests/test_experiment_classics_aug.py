@@ -107,29 +107,27 @@ def test_augmentation_quick(tmp_path):
     assert any("grayscale" in n for n in saved["outcome"]["notes"])
 
 
-def test_augmentation_budget_ladder_climbs_while_validation_improves(monkeypatch):
-    # each arm climbs the ladder of budgets while the longer run validates better (accuracy, then lower loss)
+def test_own_budget_climbs_the_ladder_while_validation_improves():
+    # a run climbs the ladder of budgets while the longer run validates better (accuracy, then lower loss)
     # and keeps the best run: a scripted validation table stands in for training
     from types import SimpleNamespace
 
-    from cnnlab.experiments import augmentation as aug
+    from cnnlab.experiments._common import own_budget
 
     table = {6: (0.80, 0.60), 12: (0.83, 0.55), 24: (0.83, 0.50), 48: (0.83, 0.52)}
     trained = []
 
-    def fake_arm(ctx, ds, pipeline, epochs, seed):
+    def fake_run(epochs):
         trained.append(epochs)
         val, loss = table[epochs]
-        return {"val": val, "val_loss": loss, "test": 0.0, "train": 0.0, "epoch": 1, "epochs": epochs}
+        return {"val": val, "val_loss": loss, "test": 0.0}
 
-    monkeypatch.setattr(aug, "_arm", fake_arm)
     progress = SimpleNamespace(total=4, step=lambda *a, **k: None)
     ctx = SimpleNamespace(progress=progress)
-    ds = SimpleNamespace(train=range(900))
-    best = aug._own_budget(ctx, ds, "none", "none", [6, 12, 24, 48], 0)
+    best = own_budget(ctx, [6, 12, 24, 48], fake_run, "none")
     assert best["epochs"] == 24  # 12 beat 6 on accuracy, 24 tied 12 on accuracy with a lower loss, 48 did not
     assert trained == [6, 12, 24, 48] and progress.total == 4
     table[12] = (0.79, 0.40)  # worse accuracy at 12 epochs: stop there, keep 6, skip the rest
     trained.clear()
-    assert aug._own_budget(ctx, ds, "none", "none", [6, 12, 24, 48], 0)["epochs"] == 6
+    assert own_budget(ctx, [6, 12, 24, 48], fake_run, "none")["epochs"] == 6
     assert trained == [6, 12] and progress.total == 2  # the two budgets not needed leave the progress total

@@ -4,7 +4,7 @@ and `fit_selected`: training whose weights are chosen on a validation split held
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -185,6 +185,33 @@ def fit_selected(model: str | nn.Module, data: Dataset, *, val_fraction: float =
                             len(ds.classes), list(ds.classes), result.config.eval_batch_size, result.config.tta)
     return Selected(result, selector.best, tested.accuracy, selector.best_epoch, len(result.history), seconds,
                     selector.curve, ds, selector.best_loss)
+
+
+def own_budget(ctx: ExperimentContext, budgets: Sequence[int], train_at: Callable[[int], dict[str, Any]],
+               label: str) -> dict[str, Any]:
+    """A run at its own budget: `train_at(epochs)` for the first of `budgets` (epochs), then for each next
+    one while it validates better than the best so far (higher "val" accuracy, or equal and lower
+    "val_loss"); returns the best run's dict with "epochs" added. Every run advances `ctx.progress`
+    (whose total counts every budget); the budgets not needed are taken off the total."""
+    best: dict[str, Any] | None = None
+    for i, epochs in enumerate(budgets):
+        cand = {**train_at(epochs), "epochs": epochs}
+        ctx.progress.step(f"{label}, {epochs} epochs")
+        if best is not None and (cand["val"], -cand["val_loss"]) <= (best["val"], -best["val_loss"]):
+            ctx.progress.total -= len(budgets) - i - 1
+            break
+        best = cand
+    assert best is not None, "own_budget needs at least one budget"
+    return best
+
+
+def ladder_note(epochs: str, ladder: Sequence[int], who: str) -> str:
+    """The budget protocol of `own_budget` in words, for an experiment's notes."""
+    return (f"Budgets: E = {epochs}; {who} trains E epochs, then "
+            f"{', '.join(f'{k}E' for k in ladder[1:])} while the longer run validates better than the best so far "
+            "(accuracy, ties broken by validation loss), and keeps the best; the epochs column gives each seed's "
+            "budget. A run stopped at the last budget may still be under-trained. Within each run the epoch is "
+            "chosen on validation.")
 
 
 def _precision(result: TrainResult):

@@ -31,6 +31,8 @@ from cnnlab.experiments._common import (
     VAL_FRACTION,
     final_accuracy,
     fit_selected,
+    ladder_note,
+    own_budget,
     seeds_note,
     spread,
     subsample,
@@ -93,20 +95,6 @@ def _plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     save_figure(fig, path)
 
 
-def _own_budget(ctx, ds, label, pipeline, budgets, seed) -> dict[str, float]:
-    """The arm at its own budget: the first of `budgets` (epochs), then each next one while it validates
-    better than the best so far (higher accuracy, or equal accuracy and lower loss); the best run is kept."""
-    best = None
-    for epochs in budgets:
-        cand = _arm(ctx, ds, pipeline, epochs, seed)
-        ctx.progress.step(f"{len(ds.train):,} images, {label}, {epochs} epochs, seed {seed}")
-        if best is not None and (cand["val"], -cand["val_loss"]) <= (best["val"], -best["val_loss"]):
-            ctx.progress.total -= len(budgets) - budgets.index(epochs) - 1  # the budgets not needed
-            break
-        best = cand
-    return best
-
-
 def _arm(ctx, ds, pipeline, epochs, seed) -> dict[str, float]:
     run_ = fit_selected(MODEL.replace("fc10", f"fc{ds.num_classes}"), ds, val_fraction=VAL_FRACTION, seed=seed,
                         device=ctx.device, epochs=epochs, augment=pipeline, **RECIPE)
@@ -139,7 +127,10 @@ def run(ctx: ExperimentContext) -> Outcome:
         for seed in ctx.seeds:
             ds = subsample(full, per_class, size["test"], seed)
             for label, pipeline in to_train:
-                runs[label].append(_own_budget(ctx, ds, label, pipeline, [k * short for k in size["ladder"]], seed))
+                runs[label].append(own_budget(
+                    ctx, [k * short for k in size["ladder"]],
+                    lambda epochs, p=pipeline: _arm(ctx, ds, p, epochs, seed),  # noqa: B023 (called at once)
+                    f"{len(ds.train):,} images, {label}, seed {seed}"))
         n = len(ds.train)
         base = runs["none"]
         helps_at[n] = []
@@ -187,11 +178,8 @@ def run(ctx: ExperimentContext) -> Outcome:
         f"images per class; {100 * VAL_FRACTION:.0f}% of each held out as the validation split; test on "
         f"{test_text} test images, measured once on the "
         "weights chosen on validation.",
-        f"Budgets: E = {', '.join(str(e) for e in size['epochs'])} epochs for the two sizes; every arm, `none` "
-        f"included, trains E epochs, then {', '.join(f'{k}E' for k in size['ladder'][1:])} while the longer run "
-        "validates better than the best so far (accuracy, ties broken by validation loss), and keeps the best; the "
-        "epochs column gives each seed's budget. An arm stopped at the last budget may still be under-trained. "
-        "Within each run the epoch is chosen on validation.",
+        ladder_note(f"{', '.join(str(e) for e in size['epochs'])} epochs for the two sizes", size["ladder"],
+                    "every arm, `none` included,"),
         f"Model and recipe: `{MODEL}`, {RECIPE['optimizer']} lr {RECIPE['lr']:g}, {RECIPE['schedule']} schedule, "
         f"batch {RECIPE['batch_size']}.",
         seeds_note(ctx.seeds),
