@@ -49,7 +49,7 @@ def main() -> None:
         sections.append(f"### {k} training images per class ({r.rows[0]['train_images']} images)\n\n"
                         f"auto, the lecture's rule: {r.case}\n\n"
                         f"auto, measured ({sel.protocol}; the test set is not used):\n\n{sel.table()}\n\n"
-                        f"auto: {sel.verdict()}\n\n{r.table()}\n")
+                        f"auto: rule: {sel.rule()}\n\nauto: {sel.verdict()}\n\n{r.table()}\n")
     print("\n" + "\n".join(verdicts))
     atomic_write_text(out / "table.md", f"adaptation: {r.adaptation}\n\n" + "\n".join(sections) + "\n"
                       + "\n".join(f"- {v}" for v in verdicts) + "\n")

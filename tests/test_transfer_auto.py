@@ -1,10 +1,11 @@
 """`transfer --strategy auto` decides by measurement on the training set: the validation splits
-(stratified, disjoint, seeded), the choice (best mean, ties to the cheaper), and that the test set takes
+(stratified, disjoint, seeded), the choice (within one standard error of the best, the strategy that adapts the most weights), and that the test set takes
 no part in it (scrambling the test labels and images changes nothing `auto` measured or chose)."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -46,17 +47,36 @@ def test_large_training_set_gets_one_stratified_holdout():
     assert not set(fit_idx.tolist()) & set(held_idx.tolist()) and len(fit_idx) == 4000
 
 
-def test_select_takes_the_best_mean_and_ties_go_to_the_cheaper():
-    splits = [(torch.tensor([0]), torch.tensor([1]))] * 2
-    fixed = {"features": [0.80, 0.90], "finetune": [0.95, 0.70], "retrain": [0.90, 0.90]}
+def _scripted(fixed: dict[str, list[float]], held: int, folds: int = 2):
+    """Candidates whose fold scores are given, and `folds` splits of `held` held-out images each."""
+    splits = [(torch.tensor([0]), torch.arange(held))] * folds
     calls = {k: iter(v) for k, v in fixed.items()}
-    cands = [Candidate(k, "pre_logits", "h", lambda f, h, k=k: next(calls[k])) for k in fixed]
+    return [Candidate(k, "pre_logits", "h", lambda f, h, k=k: next(calls[k])) for k in fixed], splits
+
+
+def test_select_takes_the_best_when_the_others_are_beyond_its_noise():
+    # 2 folds of 500 held-out images: n = 1,000; best mean p = 0.90, se = sqrt(0.9 * 0.1 / 1000) = 0.949 points
+    cands, splits = _scripted({"features": [0.91, 0.89], "finetune": [0.88, 0.88], "retrain": [0.89, 0.88]}, 500)
+    sel = select(cands, splits, "p", lecture="finetune", lecture_layer="pre_logits")
+    assert sel.held_out == 1000 and sel.noise == pytest.approx(math.sqrt(0.9 * 0.1 / 1000))
+    # retrain's mean 0.885 is 1.5 points below: outside the noise, so the cheaper, better features win
+    assert sel.choice["strategy"] == "features" and not sel.agrees
+    assert "disagrees" in sel.verdict() and "validation 88.00%" in sel.verdict()
+    assert "1,000 held-out predictions" in sel.rule() and "0.95 points" in sel.rule()
+
+
+def test_select_gives_a_difference_within_noise_to_the_more_adaptive_strategy():
+    # n = 2 x 150 = 300, p = 0.90: se = sqrt(0.09 / 300) = 1.73 points; finetune 0.90, retrain 0.89 (1 point
+    # below: within), features 0.87 (3 points below: outside) -> retrain, marked in the table
+    cands, splits = _scripted({"features": [0.87, 0.87], "finetune": [0.90, 0.90], "retrain": [0.89, 0.89]}, 150)
     sel = select(cands, splits, "p", lecture="features", lecture_layer="pre_logits")
-    assert sel.choice["strategy"] == "retrain" and not sel.agrees  # means 0.85, 0.825, 0.90
-    assert "disagrees" in sel.verdict() and "validation 85.00%" in sel.verdict()
-    tie = [Candidate(k, "pre_logits", "h", lambda f, h: 0.5) for k in ("features", "retrain")]
+    assert sel.choice["strategy"] == "retrain"
+    assert [r.get("within_noise", False) for r in sel.rows] == [False, True, True]
+    assert "within noise of the best" in sel.table()
+    # an exact tie of the same strategy at two layers goes to the earlier (cheaper) one
+    tie = [Candidate("features", layer, "h", lambda f, h: 0.5) for layer in ("pre_logits", "layer2")]
     sel = select(tie, splits, "p", lecture="features", lecture_layer="pre_logits")
-    assert sel.choice["strategy"] == "features" and sel.agrees and "agrees" in sel.verdict()
+    assert sel.choice["layer"] == "pre_logits" and sel.agrees and "agrees" in sel.verdict()
 
 
 class _Untouchable:

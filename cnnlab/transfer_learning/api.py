@@ -282,6 +282,7 @@ def transfer(backbone: str | Backbone, data: Any, *, strategy: str = "auto", hea
             log(f"auto: lecture's rule: {case}")
             log(f"auto: validation: {selection.protocol}; the test set is not used")
             log(selection.table())
+            log(f"auto: rule: {selection.rule()}")
             log(f"auto: {selection.verdict()}")
             chosen, at = selection.choice["strategy"], selection.choice["layer"]
         method = f"auto -> {chosen}" if name == "auto" else chosen
@@ -310,7 +311,7 @@ def transfer(backbone: str | Backbone, data: Any, *, strategy: str = "auto", hea
         atomic_write_json(result.path / "results.json", result.to_dict())
         extra = "" if selection is None else (f"\n\nauto: lecture's rule: {case}\n\nauto: validation: "
                                               f"{selection.protocol}\n\n{selection.table()}\n\n"
-                                              f"auto: {selection.verdict()}")
+                                              f"auto: rule: {selection.rule()}\n\nauto: {selection.verdict()}")
         atomic_write_text(result.path / "results.md", result.table() + extra + "\n")
     return result
 
