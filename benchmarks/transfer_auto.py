@@ -71,8 +71,8 @@ def one(run: Path, target: str, k: int, seed: int, steps: int, out: Path) -> dic
     if path.is_file():
         d = json.loads(path.read_text())
     else:
-        d = transfer(str(run), dataset(target), strategy="all", train_per_class=k, steps=steps, seed=seed, baselines=False,
-                     out=out, cache_dir=out.parent.parent / "feature-cache", verbose=False).to_dict()
+        d = transfer(str(run), dataset(target), strategy="all", train_per_class=k, steps=steps, seed=seed,
+                     baselines=False, out=out, cache_dir=out.parent.parent / "feature-cache", verbose=False).to_dict()
     rows = {r["method"]: r for r in d["rows"]}
     auto = next(r for m, r in rows.items() if m.startswith("auto"))
     sel = d["details"]["auto"]
@@ -122,7 +122,8 @@ def main() -> None:
             results = []
             for seed in seeds:
                 t1 = time.perf_counter()
-                results.append(one(run, target, k, seed, args.steps, out / f"{source}-to-{target}" / f"k{k}-seed{seed}"))
+                folder = out / f"{source}-to-{target}" / f"k{k}-seed{seed}"
+                results.append(one(run, target, k, seed, args.steps, folder))
                 print(f"{source} -> {target}, K={k}, seed {seed}: auto -> {results[-1]['picked']} "
                       f"{100 * results[-1]['auto']:.2f}% ({time.perf_counter() - t1:.0f} s)", flush=True)
             text, regret = report(f"{source} -> {target}", k, results, seeds)
@@ -134,7 +135,8 @@ def main() -> None:
              + "\n".join(summary))
     print("\n" + table)
     print(f"\n{time.perf_counter() - t0:.0f} s in all")
-    atomic_write_text(out / "summary.md", f"machine: {machine.one_line()}\n\n" + "\n".join(sections) + "\n" + table + "\n")
+    text = f"machine: {machine.one_line()}\n\n" + "\n".join(sections) + "\n" + table + "\n"
+    atomic_write_text(out / "summary.md", text)
 
 
 if __name__ == "__main__":

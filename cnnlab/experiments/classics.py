@@ -147,8 +147,8 @@ def run(ctx: ExperimentContext) -> Outcome:
     for seed in ctx.seeds:
         ds = subsample(full, size["train"], size["test"], seed)
         for i, classic in enumerate(CLASSICS):
-            runs[i].append(own_budget(ctx, budgets, lambda epochs, c=classic: _fit(c, ds, k, epochs, seed, ctx.device),  # noqa: B023
-                                      f"{classic.label} seed {seed}"))
+            train_at = lambda epochs, c=classic: _fit(c, ds, k, epochs, seed, ctx.device)  # noqa: B023, E731
+            runs[i].append(own_budget(ctx, budgets, train_at, f"{classic.label} seed {seed}"))
     n_train, n_test = len(ds.train), len(ds.test)
     n_fit = n_train - round(VAL_FRACTION * n_train)
     acc = [[r["test"] for r in arm] for arm in runs]
@@ -177,8 +177,9 @@ def run(ctx: ExperimentContext) -> Outcome:
     notes = [
         f"Data: {full.name} at {IMAGE_SIZE}x{IMAGE_SIZE}, a stratified seeded subset of {n_train:,} training images "
         f"({100 * VAL_FRACTION:.0f}% held out as the validation split that picks each run's epoch), tested once on "
-        f"{n_test:,} test images with the chosen weights; every net trained with one recipe: {RECIPE['optimizer']} lr {RECIPE['lr']:g}, {RECIPE['schedule']} schedule, batch "
-        f"{RECIPE['batch_size']}, no augmentation.",
+        f"{n_test:,} test images with the chosen weights; every net trained with one recipe: "
+        f"{RECIPE['optimizer']} lr {RECIPE['lr']:g}, {RECIPE['schedule']} schedule, batch {RECIPE['batch_size']}, "
+        "no augmentation.",
         ladder_note(plural(size["epochs"], "epoch"), size["ladder"], "every net")
         + (f" Stopped at the last budget on every seed: {', '.join(capped)}." if capped else "")
         if len(budgets) > 1 else f"Budget: {plural(size['epochs'], 'epoch')} for every net (no ladder at this size).",
@@ -194,8 +195,8 @@ def run(ctx: ExperimentContext) -> Outcome:
         columns=["model", "year", "params", "macs", "epochs", "val", "accuracy", "train_s", "img_s", "top5"],
         rows=rows, supported=as_supported(outcome), verdict=verdict, checks=checks,
         headers={"params": "parameters", "macs": "MACs / image", "val": "validation accuracy",
-                 "accuracy": "test accuracy", "train_s": "training (s)", "img_s": "images/s", "epochs": "epochs (per seed)",
-                 "top5": "ILSVRC top-5 error"},
+                 "accuracy": "test accuracy", "train_s": "training (s)", "img_s": "images/s",
+                 "epochs": "epochs (per seed)", "top5": "ILSVRC top-5 error"},
         fmt={"params": ",d", "macs": ",d", "val": ".2%", "accuracy": ".2%", "train_s": ".1f", "img_s": ",.0f",
              "top5": ".2%"},
         notes=notes,
