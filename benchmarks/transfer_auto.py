@@ -29,6 +29,7 @@ interrupted run continues where it stopped. Wall time depends on the CPU class (
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from pathlib import Path
@@ -49,6 +50,7 @@ PRETRAIN = {  # source dataset -> `train` options of its backbone
 }
 
 
+@functools.cache  # one load per name: every K and seed of a pair draws from the same target
 def dataset(name: str):
     """A dataset name, or fashion-mnist-A / -B: the images of one half of Fashion-MNIST's classes."""
     if name not in ("fashion-mnist-A", "fashion-mnist-B"):

@@ -100,7 +100,7 @@ def _arm(ctx, ds, pipeline, epochs, seed) -> dict[str, float]:
                         device=ctx.device, epochs=epochs, augment=pipeline, **RECIPE)
     train_acc = final_accuracy(run_.result, run_.data, split="train")
     return {"val": run_.val_accuracy, "val_loss": run_.val_loss, "test": run_.test_accuracy, "train": train_acc,
-            "epoch": run_.best_epoch, "epochs": epochs}
+            "epoch": run_.best_epoch}  # own_budget adds the budget ("epochs")
 
 
 @register_experiment(
